@@ -1,0 +1,30 @@
+# `make demo` and `make test` work on a fresh machine with only python3: they build .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m mura.train experiment=demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check mura tests
+
+bench: $(STAMP)
+	$(BIN)/python -m mura.bench
+
+clean:
+	rm -rf $(VENV) outputs/* multirun data/synthetic

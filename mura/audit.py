@@ -1,0 +1,41 @@
+"""python -m mura.audit data.root=...: counts, loss weights and data problems, as audit.json and audit.md."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mura.data.audit import audit_markdown, audit_release
+from mura.data.index import check_root
+from mura.data.synthetic import SyntheticConfig, ensure_synthetic
+from mura.errors import exit_on_user_error
+
+log = logging.getLogger(__name__)
+
+
+def run_audit(cfg: DictConfig) -> dict:
+    if cfg.data.get("synthetic"):
+        ensure_synthetic(cfg.data.root, SyntheticConfig(**OmegaConf.to_container(cfg.data.synthetic, resolve=True)))
+    root = check_root(cfg.data.root)
+    audit = audit_release(root, check_pixels=cfg.check_pixels, workers=cfg.workers)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "audit.json").write_text(json.dumps(audit, indent=2))
+    (output_dir / "audit.md").write_text(audit_markdown(audit))
+    log.info("audit written to %s", output_dir)
+    return audit
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="audit")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    audit = run_audit(cfg)
+    print(audit_markdown(audit, max_examples=3))
+
+
+if __name__ == "__main__":
+    main()
