@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mura.data.audit import audit_release, paper_loss_weights
+from mura.data.images import load_grayscale
+from mura.data.index import build_index
+from mura.data.synthetic import MANIFEST_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def problems_of(audit: dict, kind: str) -> set[str]:
+    return {problem["path"] for problem in audit["problems"] if problem["kind"] == kind}
+
+
+def test_audit_finds_every_planted_edge_case(synthetic_root: Path):
+    audit = audit_release(synthetic_root, workers=1, progress=False)
+    manifest = json.loads((synthetic_root / MANIFEST_FILE).read_text())
+    assert problems_of(audit, "sidecar_file") == set(manifest["sidecar"])
+    assert problems_of(audit, "inverted_image") == set(manifest["inverted"])
+    assert problems_of(audit, "near_blank_image") == set(manifest["near_blank"])
+    assert problems_of(audit, "duplicate_image") == set(manifest["duplicate"])
+    assert audit["summary"]["sidecar_file"] == 2
+
+
+def test_audit_counts_equal_the_index(synthetic_root: Path):
+    audit = audit_release(synthetic_root, check_pixels=False, progress=False)
+    table = build_index(synthetic_root)
+    train = table[table["split"] == "train"]
+    assert audit["counts"]["train"]["all"]["images"] == len(train)
+    assert audit["counts"]["train"]["all"]["studies"] == train["study"].nunique()
+    wrist = train[train["body_part"] == "XR_WRIST"]
+    assert audit["counts"]["train"]["XR_WRIST"]["abnormal_images"] == wrist["label"].sum()
+    weights = audit["loss_weights"]["XR_WRIST"]
+    assert weights["w_abnormal"] == pytest.approx((wrist["label"] == 0).mean())
+
+
+def test_paper_loss_weights_match_the_paper():
+    # REFERENCE.md section 2: wrist 5765 normal / 3987 abnormal images -> .5912 / .4088
+    weights = paper_loss_weights(5765, 3987)
+    assert weights["w_abnormal"] == pytest.approx(0.5912, abs=1e-4)
+    assert weights["w_normal"] == pytest.approx(0.4088, abs=1e-4)
+
+
+def test_audit_reports_broken_files_and_mismatches(writable_root: Path):
+    table = build_index(writable_root)
+    broken, missing = table["path"].iloc[0], table["path"].iloc[1]
+    (writable_root / broken).write_bytes(b"")
+    (writable_root / missing).unlink()
+    studies = writable_root / "train_labeled_studies.csv"
+    lines = studies.read_text().splitlines()
+    path, label = lines[0].split(",")
+    lines[0] = f"{path},{1 - int(label)}"
+    studies.write_text("\n".join(lines) + "\n")
+    audit = audit_release(writable_root, workers=1, progress=False)
+    assert problems_of(audit, "unreadable_image") == {broken}
+    assert problems_of(audit, "missing_file") == {missing}
+    assert len(problems_of(audit, "label_mismatch")) == 1
+
+
+def test_audit_command_writes_json_and_markdown(synthetic_root: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "mura.audit", f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", "workers=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert audit["summary"]["duplicate_image"] == 2
+    assert "## Problems" in (run_dir / "audit.md").read_text()
+    assert "inverted_image" in result.stdout
+
+
+def test_audit_command_without_root_fails_clearly(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mura.audit", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "MURA_ROOT": ""},
+    )
+    assert result.returncode == 2
+    assert "data.root is not set" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+REAL_ROOT = os.environ.get("MURA_REAL_ROOT")
+
+
+@pytest.mark.skipif(not REAL_ROOT, reason="MURA_REAL_ROOT is not set (real MURA humerus sample)")
+def test_real_humerus_sample_counts_and_decodes():
+    audit = audit_release(REAL_ROOT, check_pixels=False, progress=False)
+    humerus = audit["counts"]["train"]["XR_HUMERUS"]
+    # REFERENCE.md section 1 and shared/data/README.md
+    assert humerus == {"images": 1272, "studies": 592, "patients": 587, "abnormal_studies": 271, "abnormal_images": 599}
+    assert audit["counts"]["valid"]["all"]["images"] == 0
+    table = build_index(REAL_ROOT)
+    for path in table["path"]:
+        pixels = load_grayscale(Path(REAL_ROOT) / path)
+        assert pixels.ndim == 2 and max(pixels.shape) <= 512
+    assert len(table) == 1272
