@@ -1,0 +1,92 @@
+"""Learning curves after every validation epoch: loss, accuracy and study kappa, train vs validation,
+with the epoch where overfitting starts marked (the seed's overfitting analysis, made automatic)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+PANELS = (("loss", "{stage}/loss"), ("image accuracy", "{stage}/image/accuracy"), ("study kappa", "{stage}/study/kappa"))
+
+
+def overfitting_onset(
+    train_loss: list[float], val_loss: list[float], patience: int = 2, min_rise: float = 0.05
+) -> int | None:
+    """The epoch (index) of the best validation loss, if validation loss then stays above it for `patience`
+    epochs, ends at least `min_rise` (relative) above it, and training loss keeps falling: where the
+    train-validation gap starts to open for good. A flat plateau is not overfitting."""
+    if len(val_loss) < patience + 1:
+        return None
+    best = min(range(len(val_loss)), key=val_loss.__getitem__)
+    after = range(best + 1, len(val_loss))
+    if len(after) < patience:
+        return None
+    rose = val_loss[-1] >= val_loss[best] * (1 + min_rise)
+    if rose and all(val_loss[i] > val_loss[best] for i in after) and train_loss[-1] < train_loss[best]:
+        return best
+    return None
+
+
+class LearningCurves(pl.Callback):
+    """Writes `curves.png` and `history.json` into `output_dir` after each validation epoch."""
+
+    def __init__(self, output_dir: str, patience: int = 2):
+        self.output_dir = Path(output_dir)
+        self.patience = patience
+        self.history: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch}
+        for _, template in PANELS:
+            for stage in ("train", "val"):
+                key = template.format(stage=stage)
+                if key in metrics:
+                    row[key] = float(metrics[key])
+        self.history = [entry for entry in self.history if entry["epoch"] != row["epoch"]] + [row]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "history.json").write_text(json.dumps(self.history, indent=2))
+        draw_curves(self.history, self.output_dir / "curves.png", self.patience)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = state_dict.get("history", [])
+
+
+def draw_curves(history: list[dict[str, float]], path: Path, patience: int = 2) -> int | None:
+    """Plot the history; returns the overfitting onset epoch it marked, if any."""
+    epochs = [row["epoch"] for row in history]
+    train_loss = [row.get("train/loss", float("nan")) for row in history]
+    val_loss = [row.get("val/loss", float("nan")) for row in history]
+    onset_index = overfitting_onset(train_loss, val_loss, patience)
+    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
+    for axis, (title, template) in zip(axes, PANELS, strict=True):
+        for stage, style in (("train", "-o"), ("val", "-s")):
+            values = [row.get(template.format(stage=stage), float("nan")) for row in history]
+            axis.plot(epochs, values, style, label=stage, markersize=3)
+        if onset_index is not None:
+            axis.axvline(epochs[onset_index], color="tab:red", linestyle="--", label="overfitting starts")
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    if onset_index is not None:
+        axes[0].fill_between(epochs[onset_index:], train_loss[onset_index:], val_loss[onset_index:], color="tab:red",
+                             alpha=0.15, label="train-val gap")
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return epochs[onset_index] if onset_index is not None else None

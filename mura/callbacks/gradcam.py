@@ -1,0 +1,87 @@
+"""Grad-CAM gallery: heat maps over a fixed set of validation studies, at chosen epochs and at the end."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from mura.data.images import load_grayscale
+from mura.data.transforms import build_transforms
+from mura.explain import gradcam_maps, overlay_figure, save_figure
+
+log = logging.getLogger(__name__)
+
+
+def choose_gallery_studies(val: pd.DataFrame, studies_per_class: int) -> list[pd.DataFrame]:
+    """`studies_per_class` normal and abnormal studies, taken round-robin over body parts (deterministic)."""
+    chosen = []
+    studies = val.drop_duplicates("study").sort_values("study")
+    for label in (0, 1):
+        by_part = [frame for _, frame in studies[studies["label"] == label].groupby("body_part", sort=True)]
+        picked, round_index = [], 0
+        while len(picked) < studies_per_class and any(round_index < len(frame) for frame in by_part):
+            for frame in by_part:
+                if round_index < len(frame) and len(picked) < studies_per_class:
+                    picked.append(frame.iloc[round_index]["study"])
+            round_index += 1
+        chosen += [val[val["study"] == study].sort_values("view") for study in picked]
+    return chosen
+
+
+class GradCamGallery(pl.Callback):
+    """Writes `<output_dir>/epoch_NNN/` (every `every_n_epochs`) and `<output_dir>/final/` PNGs, one per study,
+    each view with its heat map, the true label and the predicted probability; also to TensorBoard if on."""
+
+    def __init__(self, output_dir: str, every_n_epochs: int = 5, studies_per_class: int = 3, max_views: int = 4):
+        self.output_dir = Path(output_dir)
+        self.every_n_epochs = every_n_epochs
+        self.studies_per_class = studies_per_class
+        self.max_views = max_views
+        self.gallery: list[pd.DataFrame] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is not None and datamodule.has_split("val"):
+            self.gallery = choose_gallery_studies(datamodule.split_frame("val"), self.studies_per_class)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.render(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}", f"after epoch {trainer.current_epoch}")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.render(trainer, pl_module, "final", "end of training")
+
+    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: str, when: str) -> list[Path]:
+        if not trainer.is_global_zero or not self.gallery:
+            return []
+        datamodule = trainer.datamodule
+        hparams = pl_module.hparams
+        transform = build_transforms(hparams.recipe, hparams.image_size, hparams.in_channels, train=False)
+        written = []
+        for study in self.gallery:
+            views = study.head(self.max_views)
+            raw = [load_grayscale(Path(datamodule.root) / path) for path in views["path"]]
+            inputs = torch.stack([transform(torch.from_numpy(pixels).unsqueeze(0)) for pixels in raw])
+            maps, probabilities = gradcam_maps(pl_module.network, inputs)
+            size = (hparams.image_size, hparams.image_size)
+            shown = [np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR)) for pixels in raw]
+            first = views.iloc[0]
+            label = "abnormal" if first["label"] == 1 else "normal"
+            title = (f"{first['body_part']} {first['patient']}: truth {label}, study p(abnormal) = "
+                     f"{probabilities.mean():.2f} ({when})")
+            figure = overlay_figure(shown, maps, probabilities, title)
+            name = f"{first['body_part']}_{first['patient']}_{Path(first['study']).name}"
+            for logger in trainer.loggers:
+                if isinstance(logger, pl.loggers.TensorBoardLogger):
+                    logger.experiment.add_figure(f"gradcam/{name}", figure, global_step=trainer.global_step, close=False)
+            path = self.output_dir / folder / f"{name}.png"
+            save_figure(figure, path)
+            written.append(path)
+        log.info("Grad-CAM gallery: %d studies in %s", len(written), self.output_dir / folder)
+        return written

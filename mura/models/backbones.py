@@ -1,0 +1,124 @@
+"""Backbones, each ending in one logit: torchvision DenseNets (any input size) and the seed's Keras CNN."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+from mura.errors import ConfigError
+
+BACKBONES = ("densenet169", "densenet121", "densenet_small", "seed_cnn")
+_TORCHVISION_DENSENETS = {
+    "densenet169": (models.densenet169, models.DenseNet169_Weights.IMAGENET1K_V1),
+    "densenet121": (models.densenet121, models.DenseNet121_Weights.IMAGENET1K_V1),
+}
+# torchvision's published DenseNet files predate its module names ("norm.1" for "norm1"); remap as it does.
+_LEGACY_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+class SeedCNN(nn.Module):
+    """The seed notebook's Keras model: five valid-padded 3x3 convolutions with 2x2 max-pooling, then
+    Flatten - Dropout(0.05) - Dense(512, relu) - Dense(1). 651,009 parameters on 128 x 128 x 1."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 128):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for width in (32, 64, 128, 128, 128):
+            layers += [nn.Conv2d(channels, width, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels, size = width, (size - 2) // 2
+        if size < 1:
+            raise ConfigError(f"seed_cnn needs images of at least 94 px; data.image_size={image_size} is too small")
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.05), nn.Linear(channels * size * size, 512), nn.ReLU(inplace=True), nn.Linear(512, 1)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images))
+
+
+def _load_weights_file(model: nn.Module, weights_path: str | Path) -> None:
+    path = Path(weights_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.weights_path {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds; all mean "not a state dict we can read"
+        raise ConfigError(f"model.weights_path {path}: not a readable PyTorch state dict ({error})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = {(_LEGACY_DENSENET_KEY.sub(r"\1\2", key)): value for key, value in state.items()}
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise ConfigError(
+            f"model.weights_path {path} does not fit {type(model).__name__}: "
+            f"{len(missing)} missing key(s) {sorted(missing)[:5]}, {len(unexpected)} unexpected key(s) {sorted(unexpected)[:5]}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _adapt_first_conv(model: models.DenseNet, in_channels: int) -> None:
+    """Swap conv0 for `in_channels` inputs; pretrained RGB filters are summed so grayscale input keeps their response."""
+    old = model.features.conv0
+    if old.in_channels == in_channels:
+        return
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+    with torch.no_grad():
+        new.weight.copy_(old.weight.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
+    model.features.conv0 = new
+
+
+def build_backbone(
+    name: str,
+    in_channels: int = 3,
+    image_size: int = 320,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+) -> nn.Module:
+    """A network mapping N x in_channels x H x W images to N x 1 logits."""
+    if name not in BACKBONES:
+        raise ConfigError(f"model.backbone must be one of {BACKBONES}, not {name!r}")
+    if name == "seed_cnn" or name == "densenet_small":
+        if pretrained or weights_path:
+            raise ConfigError(f"{name} is trained from scratch: there are no pretrained weights for it")
+        if name == "seed_cnn":
+            return SeedCNN(in_channels, image_size)
+        # A DenseNet small enough for CPU runs and tests: same design, far fewer layers and features.
+        model = models.DenseNet(growth_rate=12, block_config=(3, 6, 4), num_init_features=24, bn_size=4, num_classes=1)
+        _adapt_first_conv(model, in_channels)
+        return model
+    constructor, imagenet = _TORCHVISION_DENSENETS[name]
+    if pretrained and weights_path:
+        raise ConfigError("set model.pretrained=true or model.weights_path=FILE, not both")
+    if pretrained:
+        try:
+            model = constructor(weights=imagenet)
+        except (OSError, RuntimeError) as error:
+            raise ConfigError(
+                f"could not fetch torchvision's ImageNet weights for {name} ({error}). Offline, download "
+                f"{imagenet.url} elsewhere and pass model.weights_path=FILE, or train from scratch with model.pretrained=false"
+            ) from None
+    else:
+        model = constructor(weights=None)
+        if weights_path:
+            _load_weights_file(model, weights_path)
+    model.classifier = nn.Linear(model.classifier.in_features, 1)
+    _adapt_first_conv(model, in_channels)
+    return model
+
+
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The last feature map Grad-CAM should explain."""
+    if isinstance(model, SeedCNN):
+        return [layer for layer in model.features if isinstance(layer, nn.ReLU)][-1]
+    if isinstance(model, models.DenseNet):
+        return model.features[-1]  # norm5: the final dense block's output, before global pooling
+    raise TypeError(f"no Grad-CAM layer known for {type(model).__name__}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())

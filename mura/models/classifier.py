@@ -1,0 +1,169 @@
+"""MuraClassifier: a backbone with one logit, the paper's weighted BCE, and study-level metrics each epoch."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+from mura import __version__
+from mura.data.index import BODY_PARTS
+from mura.evaluation.metrics import flatten_for_logging, metrics_report
+from mura.evaluation.store import PredictionStore, predictions_frame
+from mura.models.backbones import build_backbone
+from mura.models.loss import StudyTypeWeightedBCE
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stops instead of saving garbage."""
+
+
+class MuraClassifier(pl.LightningModule):
+    """Args are plain values (saved in checkpoints) plus optimizer and scheduler factories (not saved).
+
+    `image_size`, `in_channels` and `recipe` describe the input the network expects, so `mura.evaluate` and
+    `mura.predict` rebuild the right preprocessing from a checkpoint alone.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "densenet_small",
+        in_channels: int = 3,
+        image_size: int = 320,
+        recipe: str = "paper",
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        loss_weighted: bool = True,
+        threshold: float = 0.5,
+        channels_last: bool = False,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_monitor: str = "val/loss",
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.network = build_backbone(backbone, in_channels, image_size, pretrained, weights_path)
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.criterion = StudyTypeWeightedBCE(BODY_PARTS, weighted=loss_weighted)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # One store per stage (attributes: nn.Module already has a `train` method, so no ModuleDict keys).
+        self.train_store, self.val_store, self.test_store = PredictionStore(), PredictionStore(), PredictionStore()
+        self.skipped_images: list[str] = []
+        self.reports: dict[str, dict] = {}
+        self.predictions: dict[str, pd.DataFrame] = {}
+
+    # -- forward and steps ---------------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.network(images).squeeze(1)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and datamodule is not None:
+            self.criterion.set_weights_from_counts(datamodule.train_image_counts())
+            weights = {part: round(float(w), 4) for part, w in zip(BODY_PARTS, self.criterion.w_abnormal, strict=True)}
+            log.info("loss weights w_abnormal per body part: %s", weights)
+
+    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor | None:
+        self.skipped_images.extend(batch.get("skipped", []))
+        if batch["image"] is None:
+            return None
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["label"], batch["body_part_idx"])
+        self._store(stage).update(batch["image_idx"], batch["study_idx"], batch["body_part_idx"], batch["label"], logits)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss = self._shared_step(batch, "train")
+        if loss is not None and not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx} "
+                f"(first image {batch['path'][0]}); lower model.optimizer.lr or check that image"
+            )
+        if loss is not None:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["label"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    # -- epoch ends: exact, de-duplicated, study-level -----------------------------------------------------
+
+    def _store(self, stage: str) -> PredictionStore:
+        return getattr(self, f"{stage}_store")
+
+    def _finish_stage(self, stage: str) -> None:
+        store = self._store(stage)
+        if not store.has_rows:
+            store.reset()
+            return
+        columns = store.compute()
+        store.reset()
+        images = predictions_frame(columns)
+        logits = columns["logit"].to(self.device)
+        loss = self.criterion(logits, columns["label"].to(self.device), columns["body_part_idx"].to(self.device))
+        report = metrics_report(images, threshold=self.hparams.threshold)
+        self.reports[stage] = report
+        self.predictions[stage] = images
+        self.log(f"{stage}/loss", loss.item(), prog_bar=stage != "train", sync_dist=False)
+        flat = flatten_for_logging(report, stage)
+        self.log_dict(flat, sync_dist=False)
+        if stage != "train":
+            study = report["study"]["overall"]
+            log.info(
+                "epoch %d %s: loss %.4f, study kappa %s, study AUROC %s (%d studies)", self.current_epoch, stage,
+                loss.item(), _fmt(study["kappa"]), _fmt(study["auroc"]), study["n"],
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_store.reset()
+            return
+        # Validation runs after the epoch's training batches: finishing "train" here puts both stages' epoch
+        # metrics in callback_metrics before callbacks draw curves (Lightning calls callbacks before the module).
+        self._finish_stage("train")
+        self._finish_stage("val")
+
+    def on_train_epoch_end(self) -> None:
+        self._finish_stage("train")  # a no-op when validation already finished it
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_stage("test")
+        if self.skipped_images:
+            log.warning("%d unreadable image(s) were skipped: %s", len(self.skipped_images), self.skipped_images[:10])
+
+    # -- optimisation and checkpoints ----------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-4))
+        optimizer = factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mura"] = {"version": __version__, "format": CHECKPOINT_FORMAT}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"

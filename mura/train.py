@@ -1,0 +1,72 @@
+"""python -m mura.train: fit, then test the best checkpoint on the test split (see conf/train.yaml)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from mura.errors import exit_on_user_error
+from mura.evaluation.report import metrics_table, predictions_tables, write_metrics_json
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Callbacks and loggers are dicts of configs: adding one needs no code change here."""
+    return [instantiate(config) for config in (group or {}).values() if config is not None and "_target_" in config]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test as `cfg` says; returns the final callback metrics as floats."""
+    if cfg.get("seed") is not None:  # `is not None`: seed 0 is a seed
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(cfg.get("logger")) or False
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+
+    if cfg.get("test"):
+        if not datamodule.has_split("test"):
+            log.warning("no test split: %s lists no valid images for %s; skipping the test", datamodule.root, datamodule.body_parts)
+        else:
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=False)
+            if trainer.is_global_zero:
+                write_test_outputs(model, datamodule, output_dir)
+            metrics.update({key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")})
+    return metrics
+
+
+def write_test_outputs(model, datamodule, output_dir: Path) -> None:
+    report = model.reports["test"]
+    write_metrics_json(report, output_dir / "metrics.json")
+    studies, images = predictions_tables(
+        model.predictions["test"], datamodule.studies, datamodule.splits["path"], model.hparams.threshold
+    )
+    studies.to_csv(output_dir / "predictions.csv", index=False)
+    images.to_csv(output_dir / "predictions_images.csv", index=False)
+    table = metrics_table(report, "study").to_markdown(index=False)
+    print(f"\nTest split ({datamodule.root}), study level:\n{table}\n\nwritten to {output_dir}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    value = metrics.get(cfg.get("optimized_metric"))
+    if value is None:
+        log.warning("optimized_metric %s was not logged; sweepers get None", cfg.get("optimized_metric"))
+    return value
+
+
+if __name__ == "__main__":
+    main()
