@@ -41,3 +41,33 @@ def csv_lines(path: Path) -> list[str]:
 
 def write_lines(path: Path, lines: list[str], newline: str = "\n") -> None:
     path.write_bytes("".join(line + newline for line in lines).encode())
+
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+
+
+def compose_config(overrides: list[str], config_name: str = "train"):
+    """The real Hydra composition of conf/, as the command line would do it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def tiny_training_overrides(root: Path, output_dir: Path) -> list[str]:
+    """Shrink the demo to seconds on the tiny tree: small images, few batches, no workers."""
+    return [
+        "experiment=demo",
+        f"data.root={root}",
+        "data.synthetic=null",
+        "data.image_size=48",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "data.val_fraction=0.3",
+        f"paths.output_dir={output_dir}",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "callbacks.gradcam.every_n_epochs=1",
+        "callbacks.gradcam.studies_per_class=2",
+    ]

@@ -54,3 +54,10 @@ def test_split_table_counts(index: pd.DataFrame):
         assert row["studies"] == part["study"].nunique()
         assert row["patients"] == part["patient"].nunique()
         assert row["abnormal_studies_pct"] == round(100 * part.drop_duplicates("study")["label"].mean(), 1)
+
+
+def test_tiny_selection_still_gets_a_validation_patient(index: pd.DataFrame):
+    one_part = index[index["body_part"] == "XR_WRIST"]
+    splits = assign_splits(one_part, val_fraction=0.01, seed=0)
+    assert splits.loc[splits["split"] == "val", "patient"].nunique() == 1
+    check_no_leak(splits)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import CONF_DIR, compose_config, tiny_training_overrides
+from mura.train import instantiate_group, train
+
+EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+M_KEYS = {"n", "kappa", "kappa_ci95", "auroc", "accuracy", "sensitivity", "specificity"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment: str, synthetic_root: Path, tmp_path: Path):
+    cfg = compose_config([f"experiment={experiment}", f"data.root={synthetic_root}", "data.synthetic=null",
+                          f"paths.output_dir={tmp_path}", "model.pretrained=false"])
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    assert datamodule.image_size == model.hparams.image_size
+    assert datamodule.channels == model.hparams.in_channels
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=instantiate_group(cfg.logger))
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    if experiment in ("wrist", "seed_wrist"):
+        assert list(cfg.data.body_parts) == ["XR_WRIST"]
+    if experiment.startswith("seed"):
+        assert cfg.model.backbone == "seed_cnn" and cfg.data.image_size == 128 and not cfg.model.loss_weighted
+    if experiment in ("wrist", "all_parts"):
+        assert cfg.model.backbone == "densenet169" and cfg.data.image_size == 320 and cfg.model.optimizer.lr == 1e-4
+
+
+def test_training_run_writes_the_whole_run_folder(synthetic_root: Path, tmp_path: Path):
+    metrics = train(compose_config(tiny_training_overrides(synthetic_root, tmp_path)))
+    assert {"val/loss", "val/study/kappa", "train/loss", "test/study/kappa"} <= set(metrics)
+    for name in ("splits.csv", "split_table.md", "metrics.json", "predictions.csv", "predictions_images.csv", "curves.png",
+                 "history.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv"):
+        assert (tmp_path / name).is_file(), name
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(report) == {"study", "image"}
+    assert set(report["study"]["overall"]) == M_KEYS
+    splits = pd.read_csv(tmp_path / "splits.csv")
+    test_studies = splits[splits["split"] == "test"]["study"].nunique()
+    assert report["study"]["overall"]["n"] == test_studies
+    assert report["image"]["overall"]["n"] == (splits["split"] == "test").sum()
+    assert {part for part in report["study"] if part != "overall"} == set(splits.loc[splits["split"] == "test", "body_part"])
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert {"train/loss", "val/loss", "train/study/kappa", "val/study/kappa"} <= set(history[0])
+    gradcams = sorted((tmp_path / "gradcam").rglob("*.png"))
+    assert {path.parent.name for path in gradcams} == {"epoch_000", "epoch_001", "final"}
+    assert len(list((tmp_path / "gradcam" / "final").glob("*.png"))) == 4
+    checkpoint = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["mura"]["format"] == 1
+    assert "criterion.w_abnormal" in checkpoint["state_dict"]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "mura.train", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_of_each_experiment_through_the_command_line(experiment: str, synthetic_root: Path, tmp_path: Path):
+    shrink = [] if experiment.startswith("seed") else ["data.image_size=64", "model.pretrained=false"]
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        [f"experiment={experiment}", f"data.root={synthetic_root}", "data.synthetic=null", "trainer.fast_dev_run=true",
+         "data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}", *shrink],
+        cwd=tmp_path,
+    )
+    assert "Test split" in result.stdout
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "splits.csv").is_file()
+    assert (run_dir / "metrics.json").is_file()
+
+
+def test_two_job_multirun(synthetic_root: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    run_cli(
+        ["-m", "experiment=demo", f"data.root={synthetic_root}", "data.synthetic=null", "trainer.fast_dev_run=true",
+         "data.num_workers=0", "data.image_size=48", "model.optimizer.lr=1e-4,3e-4", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+    )
+    for job, lr in (("0", "0.0001"), ("1", "0.0003")):
+        overrides = (sweep_dir / job / ".hydra" / "overrides.yaml").read_text()
+        assert f"model.optimizer.lr={lr}" in overrides
+        assert (sweep_dir / job / "metrics.json").is_file()
