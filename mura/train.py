@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mura.errors import exit_on_user_error
-from mura.evaluation.report import metrics_table, predictions_tables, write_metrics_json
+from mura.evaluation.report import metrics_table, write_run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def write_test_outputs(model, datamodule, output_dir: Path) -> None:
     report = model.reports["test"]
-    write_metrics_json(report, output_dir / "metrics.json")
-    studies, images = predictions_tables(
-        model.predictions["test"], datamodule.studies, datamodule.splits["path"], model.hparams.threshold
+    write_run_outputs(
+        output_dir, report, model.predictions["test"], datamodule.studies, datamodule.splits["path"],
+        model.hparams.threshold, title="Test results after training",
+        split_description=f"the test split (official valid) of {datamodule.root}, body parts {', '.join(datamodule.body_parts)}",
+        checkpoints=[str(output_dir / "checkpoints" / "best.ckpt")],
     )
-    studies.to_csv(output_dir / "predictions.csv", index=False)
-    images.to_csv(output_dir / "predictions_images.csv", index=False)
     table = metrics_table(report, "study").to_markdown(index=False)
     print(f"\nTest split ({datamodule.root}), study level:\n{table}\n\nwritten to {output_dir}")
 

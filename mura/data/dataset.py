@@ -1,0 +1,76 @@
+"""A torch Dataset over the image table: samples are dicts, so ids travel with every image."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from mura.data.images import ImageDecodeError, load_grayscale
+from mura.data.index import BODY_PARTS
+
+log = logging.getLogger(__name__)
+
+ON_BAD_IMAGE = ("error", "skip")
+
+
+class MuraImageDataset(Dataset):
+    """Rows of `table` (columns path, label, study_idx, image_idx, body_part) read from under `root`.
+
+    With ``on_bad_image="skip"`` an unreadable image yields ``{"skipped": path, "reason": ...}``, which
+    `collate_samples` counts and drops; with ``"error"`` it raises `ImageDecodeError` naming the file.
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        root: str | Path,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        on_bad_image: str = "error",
+    ):
+        if on_bad_image not in ON_BAD_IMAGE:
+            raise ValueError(f"data.on_bad_image must be one of {ON_BAD_IMAGE}, not {on_bad_image!r}")
+        self.root = Path(root)
+        self.transform = transform
+        self.on_bad_image = on_bad_image
+        # Plain lists: cheap to pickle into workers and no pandas indexing in __getitem__.
+        self.paths = table["path"].tolist()
+        self.labels = table["label"].astype("float32").tolist()
+        self.study_indices = table["study_idx"].tolist()
+        self.image_indices = table["image_idx"].tolist()
+        self.body_part_indices = [BODY_PARTS.index(part) for part in table["body_part"]]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        try:
+            pixels = load_grayscale(self.root / path)
+        except ImageDecodeError as error:
+            if self.on_bad_image == "error":
+                raise
+            log.warning("skipping %s: %s", path, error.reason)
+            return {"skipped": path, "reason": error.reason}
+        image = self.transform(torch.from_numpy(pixels).unsqueeze(0))
+        return {
+            "image": image,
+            "label": torch.tensor(self.labels[index]),
+            "study_idx": self.study_indices[index],
+            "image_idx": self.image_indices[index],
+            "body_part_idx": self.body_part_indices[index],
+            "path": path,
+        }
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """default_collate over the good samples; skipped ones travel as `skipped` paths so they are counted."""
+    good = [sample for sample in samples if "skipped" not in sample]
+    skipped = [sample["skipped"] for sample in samples if "skipped" in sample]
+    batch = default_collate(good) if good else {"image": None}
+    batch["skipped"] = skipped
+    return batch

@@ -1,0 +1,93 @@
+"""Patient-grouped train/val/test splits and the split table.
+
+The official `valid` split is the test set. Validation is carved out of the official `train` split by
+patient, so no patient (and so no study) is in two splits: the seed shuffled images and leaked patients.
+Patients are stratified by their main (body part, label) stratum and taken, in a seeded random order, while
+that brings each stratum's share of validation images closer to `val_fraction`. scikit-learn's StratifiedGroupKFold only gives fractions of the
+form 1/k, hence this small greedy assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
+SPLITS_CSV_COLUMNS: list[str] = ["path", "split", "body_part", "patient", "study", "label"]
+
+
+def assign_splits(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
+    """A copy of the index table whose `split` column is train / val / test."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in [0, 1), not {val_fraction}")
+    result = table.copy()
+    result["split"] = np.where(table["split"] == "valid", "test", "train")
+    train = result[result["split"] == "train"]
+    if val_fraction == 0.0 or train.empty:
+        return result
+
+    # A patient's stratum is the (body part, label) holding most of their images.
+    per_patient = (
+        train.groupby(["patient", "body_part", "label"], sort=True).size().rename("images").reset_index()
+        .sort_values(["patient", "images", "body_part", "label"], ascending=[True, False, True, True])
+    )
+    patient_images = per_patient.groupby("patient")["images"].sum()
+    primary = per_patient.drop_duplicates("patient").set_index("patient")
+    primary["stratum"] = primary["body_part"] + "/" + primary["label"].astype(str)
+    primary["images"] = patient_images
+
+    rng = np.random.default_rng(seed)
+    val_patients: list[str] = []
+    for _, stratum in primary.groupby("stratum", sort=True):
+        order = rng.permutation(len(stratum))
+        target = val_fraction * stratum["images"].sum()
+        taken = 0
+        for position in order:
+            images = stratum["images"].iloc[position]
+            # Take a patient when that brings the stratum's validation images no further from the target.
+            if abs(taken + images - target) <= abs(taken - target):
+                val_patients.append(stratum.index[position])
+                taken += images
+    if not val_patients:
+        # Too few patients for any stratum to reach its share: still validate on one patient, not on none.
+        val_patients.append(primary.index[int(rng.integers(len(primary)))])
+    is_val = (result["split"] == "train") & result["patient"].isin(val_patients)
+    result.loc[is_val, "split"] = "val"
+    return result
+
+
+def split_table(splits: pd.DataFrame) -> pd.DataFrame:
+    """Images, studies, patients and % abnormal studies per split and body part (with an `all` row each)."""
+    rows = []
+    for split in SPLIT_ORDER:
+        part_of_split = splits[splits["split"] == split]
+        if part_of_split.empty:
+            continue
+        groups = [(body_part, frame) for body_part, frame in part_of_split.groupby("body_part", sort=True)]
+        groups.append(("all", part_of_split))
+        for body_part, frame in groups:
+            studies = frame.drop_duplicates("study")
+            rows.append(
+                {
+                    "split": split,
+                    "body_part": body_part,
+                    "images": len(frame),
+                    "studies": len(studies),
+                    "patients": frame["patient"].nunique(),
+                    "abnormal_studies_pct": round(100.0 * studies["label"].mean(), 1),
+                }
+            )
+    return pd.DataFrame(rows, columns=["split", "body_part", "images", "studies", "patients", "abnormal_studies_pct"])
+
+
+def check_no_leak(splits: pd.DataFrame) -> None:
+    """Raise if a patient or a study appears in two splits."""
+    for key in ("patient", "study"):
+        n_splits = splits.groupby(key)["split"].nunique()
+        leaked = n_splits[n_splits > 1]
+        if len(leaked):
+            raise AssertionError(f"{len(leaked)} {key}(s) appear in more than one split, e.g. {leaked.index[0]}")

@@ -1,0 +1,67 @@
+"""The two preprocessing recipes as torchvision.transforms.v2 pipelines over uint8 1 x H x W tensors.
+
+- `paper` (Rajpurkar et al.): scale to image_size x image_size, random horizontal flip and rotation up to
+  30 degrees, ImageNet normalisation.
+- `seed` (the Keras notebook): 128 px grayscale, rotation 5 degrees, shift and zoom 0.1, horizontal and
+  vertical flips, per-image standardisation.
+
+Evaluation pipelines are the same minus every random step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RECIPES = ("paper", "seed")
+
+
+class RepeatChannels(nn.Module):
+    """Grayscale to the channel count an ImageNet-style backbone expects."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.expand(self.channels, *image.shape[-2:]) if image.shape[-3] != self.channels else image
+
+
+class PerImageStandardize(nn.Module):
+    """(x - mean) / max(std, 1/sqrt(N)) per image, as tf.image.per_image_standardization (the seed's Keras step)."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        floor = 1.0 / image[0].numel() ** 0.5
+        return (image - image.mean()) / image.std(unbiased=False).clamp_min(floor)
+
+
+def imagenet_normalize(channels: int) -> v2.Normalize:
+    if channels == 3:
+        return v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    # One channel: the average of ImageNet's three, so grayscale inputs land in the same range.
+    mean = sum(IMAGENET_MEAN) / 3
+    std = sum(IMAGENET_STD) / 3
+    return v2.Normalize([mean] * channels, [std] * channels)
+
+
+def build_transforms(recipe: str, image_size: int, channels: int, train: bool) -> v2.Compose:
+    """The pipeline for one recipe; `train=False` gives the deterministic evaluation pipeline."""
+    if recipe not in RECIPES:
+        raise ValueError(f"data.recipe must be one of {RECIPES}, not {recipe!r}")
+    steps: list[nn.Module] = [v2.Resize((image_size, image_size), antialias=True)]
+    if recipe == "paper":
+        if train:
+            steps += [v2.RandomHorizontalFlip(), v2.RandomRotation(30)]
+        steps += [v2.ToDtype(torch.float32, scale=True), RepeatChannels(channels), imagenet_normalize(channels)]
+    else:
+        if train:
+            steps += [
+                v2.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+                v2.RandomHorizontalFlip(),
+                v2.RandomVerticalFlip(),
+            ]
+        steps += [v2.ToDtype(torch.float32, scale=True), PerImageStandardize(), RepeatChannels(channels)]
+    return v2.Compose(steps)

@@ -1,0 +1,50 @@
+"""Load a `mura` checkpoint for inference, safely: tensors and plain values only, never pickled code."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from mura.errors import CheckpointError
+from mura.models.classifier import CHECKPOINT_FORMAT, MuraClassifier
+
+# Settings that only matter when a network is first built for training.
+_TRAINING_ONLY = {"pretrained": False, "weights_path": None}
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict, loaded with `weights_only=True` (no arbitrary code runs), checked to be ours."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; runs keep theirs in <run>/checkpoints/best.ckpt")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path}: not a loadable mura checkpoint ({first_line}). Only tensors and plain values are read; "
+            "pass a file written by `python -m mura.train`"
+        ) from None
+    if not isinstance(checkpoint, dict) or "mura" not in checkpoint:
+        raise CheckpointError(f"{path}: not a mura checkpoint (no 'mura' entry); pass a file written by `python -m mura.train`")
+    written_format = checkpoint["mura"].get("format")
+    if written_format != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {written_format} (mura {checkpoint['mura'].get('version')}) is not the "
+            f"format {CHECKPOINT_FORMAT} this version reads; evaluate it with the mura version that wrote it"
+        )
+    return checkpoint
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> MuraClassifier:
+    """A MuraClassifier rebuilt from the checkpoint's own settings, weights loaded strictly, in eval mode."""
+    checkpoint = read_checkpoint(path)
+    settings = {**checkpoint.get("hyper_parameters", {}), **_TRAINING_ONLY}
+    try:
+        model = MuraClassifier(**settings)
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (TypeError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: its settings or weights do not fit this mura version ({error})") from None
+    return model.to(device).eval()

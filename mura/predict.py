@@ -1,0 +1,45 @@
+"""python -m mura.predict ckpt_path=... input=PATH: a JSON line per study (see conf/predict.yaml)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mura.errors import exit_on_user_error
+from mura.evaluation.inference import pick_device
+from mura.models.checkpoint import load_classifier
+from mura.prediction import find_studies, predict_study
+
+log = logging.getLogger(__name__)
+
+
+def predict(cfg: DictConfig) -> list[dict]:
+    model = load_classifier(cfg.ckpt_path, pick_device(cfg.device))
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cam_dir = output_dir / "cam" if cfg.cam else None
+    results = []
+    with open(output_dir / "predictions.jsonl", "w") as sink:
+        for study, files in find_studies(cfg.input):
+            line = predict_study(model, study, files, cam_dir, max_pixels=cfg.max_pixels).as_dict()
+            results.append(line)
+            text = json.dumps(line)
+            sink.write(text + "\n")
+            print(text, flush=True)
+    problems = sum("error" in line or "skipped" in line for line in results)
+    log.info("%d study(ies) predicted, %d with problems; written to %s", len(results), problems, output_dir / "predictions.jsonl")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Predict studies from files: an image, a study folder, or a folder of studies (library code for mura.predict).
+
+Each folder that directly holds files is a study; its images are its views. A file that cannot be used
+(not an image, unreadable, too large) is reported with its reason and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mura.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_grayscale
+from mura.data.index import BODY_PARTS
+from mura.data.transforms import build_transforms
+from mura.explain import gradcam_maps, overlay_figure, save_figure
+from mura.models.classifier import MuraClassifier
+
+
+@dataclass
+class StudyPrediction:
+    study: str
+    body_part: str | None
+    views: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    probability: float | None = None
+    abnormal: bool | None = None
+    threshold: float = 0.5
+    error: str | None = None
+    cam: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if value not in (None, []) or key in ("views",)}
+
+
+def find_studies(input_path: str | Path) -> list[tuple[Path, list[Path]]]:
+    """(study folder or image, its files) for an image, a study folder or a tree of study folders.
+
+    Hidden files (such as macOS `._` sidecars) are not views and are left out."""
+    path = Path(input_path).expanduser()
+    if not path.exists():
+        return [(path, [])]
+    if path.is_file():
+        return [(path, [path])]
+    studies = []
+    for folder in sorted([path, *(p for p in path.rglob("*") if p.is_dir())]):
+        entries = list(folder.iterdir())
+        files = sorted(p for p in entries if p.is_file() and not p.name.startswith("."))
+        if files or not any(p.is_dir() for p in entries):  # an empty leaf folder is reported, not dropped
+            studies.append((folder, files))
+    return studies or [(path, [])]
+
+
+def body_part_from_path(path: Path) -> str | None:
+    for part in path.parts:
+        if part.upper() in BODY_PARTS:
+            return part.upper()
+    return None
+
+
+def _slug(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(path.parts[-3:])).strip("_")
+
+
+def predict_study(
+    model: MuraClassifier,
+    study: Path,
+    files: list[Path],
+    cam_dir: Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> StudyPrediction:
+    hparams = model.hparams
+    result = StudyPrediction(study=str(study), body_part=body_part_from_path(study), threshold=hparams.threshold)
+    if not study.exists():
+        result.error = "no such file or folder"
+        return result
+    if not files:
+        result.error = "no files to read"
+        return result
+    transform = build_transforms(hparams.recipe, hparams.image_size, hparams.in_channels, train=False)
+    good, pixels = [], []
+    for file in files:
+        try:
+            pixels.append(load_grayscale(file, max_pixels=max_pixels))
+            good.append(file)
+        except ImageDecodeError as error:
+            result.skipped.append({"path": str(file), "reason": error.reason})
+    if not good:
+        result.error = "no readable image"
+        return result
+    device = next(model.parameters()).device
+    batch = torch.stack([transform(torch.from_numpy(p).unsqueeze(0)) for p in pixels]).to(device)
+    with torch.inference_mode():
+        probabilities = torch.sigmoid(model(batch).double()).cpu().numpy()
+    result.views = [{"path": str(file), "probability": float(p)} for file, p in zip(good, probabilities, strict=True)]
+    result.probability = float(np.mean(probabilities))
+    result.abnormal = bool(result.probability > hparams.threshold)
+    if cam_dir is not None:
+        maps, _ = gradcam_maps(model.network, batch)
+        size = (hparams.image_size, hparams.image_size)
+        shown = [np.asarray(Image.fromarray(p).resize(size, Image.BILINEAR)) for p in pixels]
+        verdict = "abnormal" if result.abnormal else "normal"
+        figure = overlay_figure(shown, maps, probabilities, f"{study.name}: p(abnormal) = {result.probability:.2f} ({verdict})")
+        target = cam_dir / f"{_slug(study)}.png"
+        save_figure(figure, target)
+        result.cam.append(str(target))
+    return result
