@@ -71,3 +71,13 @@ def tiny_training_overrides(root: Path, output_dir: Path) -> list[str]:
         "callbacks.gradcam.every_n_epochs=1",
         "callbacks.gradcam.studies_per_class=2",
     ]
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root: Path, tmp_path_factory) -> tuple[Path, dict]:
+    """One real two-epoch training run on the tiny tree, shared by the tests that read run folders."""
+    from mura.train import train
+
+    output_dir = tmp_path_factory.mktemp("trained_run")
+    metrics = train(compose_config(tiny_training_overrides(synthetic_root, output_dir)))
+    return output_dir, metrics

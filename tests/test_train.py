@@ -10,8 +10,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import CONF_DIR, compose_config, tiny_training_overrides
-from mura.train import instantiate_group, train
+from conftest import CONF_DIR, compose_config
+from mura.train import instantiate_group
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 M_KEYS = {"n", "kappa", "kappa_ci95", "auroc", "accuracy", "sensitivity", "specificity"}
@@ -35,10 +35,11 @@ def test_every_experiment_composes_and_instantiates(experiment: str, synthetic_r
         assert cfg.model.backbone == "densenet169" and cfg.data.image_size == 320 and cfg.model.optimizer.lr == 1e-4
 
 
-def test_training_run_writes_the_whole_run_folder(synthetic_root: Path, tmp_path: Path):
-    metrics = train(compose_config(tiny_training_overrides(synthetic_root, tmp_path)))
+def test_training_run_writes_the_whole_run_folder(trained_run):
+    tmp_path, metrics = trained_run
     assert {"val/loss", "val/study/kappa", "train/loss", "test/study/kappa"} <= set(metrics)
     for name in ("splits.csv", "split_table.md", "metrics.json", "predictions.csv", "predictions_images.csv", "curves.png",
+                 "report.md", "roc.png", "confusion.png",
                  "history.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv"):
         assert (tmp_path / name).is_file(), name
     report = json.loads((tmp_path / "metrics.json").read_text())

@@ -115,7 +115,8 @@ def plot_roc(studies: pd.DataFrame, path: Path) -> None:
     axis.set_xlabel("1 - specificity")
     axis.set_ylabel("sensitivity")
     axis.set_title("Study-level ROC")
-    axis.legend(fontsize=7, loc="lower right")
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import compose_config
+from mura.errors import CheckpointError
+from mura.evaluate import evaluate
+from mura.models.checkpoint import load_classifier, read_checkpoint
+from mura.predict import predict
+
+
+def evaluate_config(root: Path, output_dir: Path, ckpt, *extra: str):
+    ckpt_override = f"ckpt_path=[{','.join(map(str, ckpt))}]" if isinstance(ckpt, list) else f"ckpt_path={ckpt}"
+    overrides = [ckpt_override, f"data.root={root}", "data.synthetic=null", "data.num_workers=0",
+                 "data.val_fraction=0.3", f"paths.output_dir={output_dir}", *extra]
+    return compose_config(overrides, config_name="evaluate")
+
+
+def all_numbers(report: dict) -> list[float]:
+    values = []
+    for groups in report.values():
+        for metrics in groups.values():
+            for value in metrics.values():
+                values += value if isinstance(value, list) else [value]
+    return [v for v in values if v is not None]
+
+
+def test_evaluate_reproduces_the_training_test_numbers(trained_run, synthetic_root: Path, tmp_path: Path):
+    run_dir, _ = trained_run
+    report = evaluate(evaluate_config(synthetic_root, tmp_path, run_dir / "checkpoints" / "best.ckpt"))
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert np.allclose(all_numbers(report), all_numbers(trained), atol=1e-6, rtol=0)
+    ours = pd.read_csv(tmp_path / "predictions.csv").set_index("study")
+    theirs = pd.read_csv(run_dir / "predictions.csv").set_index("study")
+    assert np.allclose(ours.loc[theirs.index, "probability"], theirs["probability"], atol=1e-6)
+    for name in ("metrics.json", "report.md", "roc.png", "confusion.png", "predictions_images.csv"):
+        assert (tmp_path / name).is_file()
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| overall" in markdown and "0.705 (0.700-0.710)" in markdown  # the paper's overall kappa beside ours
+
+
+def test_ensemble_tta_bootstrap_and_any_body_parts(trained_run, synthetic_root: Path, tmp_path: Path):
+    run_dir, _ = trained_run
+    best, last = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
+    single = evaluate(evaluate_config(synthetic_root, tmp_path / "one", best, "data.body_parts=[XR_WRIST]"))
+    same_twice = evaluate(evaluate_config(synthetic_root, tmp_path / "twice", [best, best], "data.body_parts=[XR_WRIST]"))
+    assert np.allclose(all_numbers(single), all_numbers(same_twice), atol=1e-9)
+    assert set(single["study"]) == {"overall", "XR_WRIST"}
+    report = evaluate(evaluate_config(synthetic_root, tmp_path / "ens", [best, last], "eval.tta=true", "eval.bootstrap=200"))
+    overall = report["study"]["overall"]
+    assert {"kappa_ci95_bootstrap", "auroc_ci95_bootstrap"} <= set(overall)
+    assert "Evaluation (ensemble of 2, flip TTA)" in (tmp_path / "ens" / "report.md").read_text()
+
+
+def test_not_a_mura_checkpoint_is_refused(tmp_path: Path):
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, plain)
+    with pytest.raises(CheckpointError, match="not a mura checkpoint"):
+        read_checkpoint(plain)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a loadable mura checkpoint"):
+        read_checkpoint(text)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+
+
+class _Payload:
+    """Unpickling this would create a file: the loader must refuse it without running it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"mura": {"format": 1}, "payload": _Payload(str(marker))}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(CheckpointError, match="not a loadable"):
+        read_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_checkpoint_of_another_format_is_refused(trained_run, tmp_path: Path):
+    run_dir, _ = trained_run
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    checkpoint["mura"]["format"] = 99
+    future = tmp_path / "future.ckpt"
+    torch.save(checkpoint, future)
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_classifier(future)
+
+
+def test_predict_reports_each_study_and_goes_on(trained_run, synthetic_root: Path, tmp_path: Path):
+    run_dir, _ = trained_run
+    inputs = tmp_path / "inputs"
+    good_study = inputs / "XR_WRIST" / "patient1" / "study1"
+    good_study.mkdir(parents=True)
+    source = sorted((synthetic_root / "valid" / "XR_WRIST").rglob("image*.png"))[:2]
+    for index, path in enumerate(source):
+        (good_study / f"image{index + 1}.png").write_bytes(path.read_bytes())
+    (good_study / "readme.txt").write_text("not an image")
+    (good_study / "._image1.png").write_bytes(b"\x00\x05\x16\x07")
+    big = inputs / "big"
+    big.mkdir()
+    Image.new("L", (2000, 2000)).save(big / "huge.png")
+    (inputs / "empty").mkdir()
+    cfg = compose_config([f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"input={inputs}", "cam=true",
+                          "max_pixels=1000000", f"paths.output_dir={tmp_path / 'out'}"], config_name="predict")
+    lines = {Path(line["study"]).name: line for line in predict(cfg)}
+    study = lines["study1"]
+    assert study["body_part"] == "XR_WRIST" and len(study["views"]) == 2
+    assert study["probability"] == pytest.approx(np.mean([view["probability"] for view in study["views"]]))
+    assert study["abnormal"] == (study["probability"] > 0.5)
+    assert [Path(s["path"]).name for s in study["skipped"]] == ["readme.txt"]
+    assert Path(study["cam"][0]).is_file()
+    assert lines["big"]["error"] == "no readable image" and "decompression bomb" in lines["big"]["skipped"][0]["reason"]
+    assert lines["empty"]["error"] == "no files to read"
+    written = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert len(written) == 3
+
+
+def test_predict_command_on_a_single_image(trained_run, synthetic_root: Path, tmp_path: Path):
+    run_dir, _ = trained_run
+    image = next((synthetic_root / "valid").rglob("image1.png"))
+    result = subprocess.run(
+        [sys.executable, "-m", "mura.predict", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"input={image}",
+         f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["views"][0]["path"] == str(image) and 0 < line["probability"] < 1
+    bad = subprocess.run(
+        [sys.executable, "-m", "mura.predict", f"ckpt_path={image}", f"input={image}", f"hydra.run.dir={tmp_path / 'bad'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "not a loadable mura checkpoint" in bad.stdout + bad.stderr
