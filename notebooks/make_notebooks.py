@@ -1,0 +1,136 @@
+"""Writes the three notebooks from the cells below, without outputs: `python notebooks/make_notebooks.py`.
+
+Notebooks are thin: every step is a call into the package. They read their inputs from environment variables
+(MURA_DATA_ROOT, MURA_RUN_DIR, MURA_EVAL_DIR) or fall back to the newest run under outputs/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = '''import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+def newest_run(task: str) -> Path | None:
+    """The newest run folder of a task under outputs/ that finished (it has metrics.json)."""
+    runs = sorted(Path("../outputs").glob(f"{task}/*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
+'''
+
+NOTEBOOKS = {
+    "01_data.ipynb": [
+        new_markdown_cell("# MURA data: splits, examples, edge cases\n\nSet `MURA_DATA_ROOT` to a MURA-v1.1 folder "
+                          "(default: the synthetic tree that `make demo` generates)."),
+        new_code_cell(SETUP + '''
+from mura.data.audit import audit_release
+from mura.data.images import load_grayscale
+from mura.data.index import build_index
+from mura.data.split import assign_splits, split_table
+
+root = Path(os.environ.get("MURA_DATA_ROOT", "../data/synthetic/MURA-v1.1"))
+table = build_index(root)
+splits = assign_splits(table, val_fraction=0.1, seed=12345)
+split_table(splits)'''),
+        new_markdown_cell("## Normal and abnormal examples per body part"),
+        new_code_cell('''parts = sorted(splits["body_part"].unique())
+figure, axes = plt.subplots(2, len(parts), figsize=(2.2 * len(parts), 5), squeeze=False)
+for column, part in enumerate(parts):
+    for row, label in enumerate((0, 1)):
+        candidates = splits[(splits["body_part"] == part) & (splits["label"] == label)]
+        axis = axes[row][column]
+        axis.axis("off")
+        if len(candidates):
+            axis.imshow(load_grayscale(root / candidates["path"].iloc[0]), cmap="gray")
+            axis.set_title(f"{part[3:].lower()} {'abnormal' if label else 'normal'}", fontsize=8)
+figure.tight_layout()'''),
+        new_markdown_cell("## The audit: inconsistent data and edge cases, found by rule"),
+        new_code_cell('''audit = audit_release(root, progress=False)
+problems = pd.DataFrame(audit["problems"])
+display(pd.Series(audit["summary"], name="count").to_frame())
+examples = problems[problems["kind"].isin(["inverted_image", "near_blank_image", "duplicate_image"])].drop_duplicates("kind")
+figure, axes = plt.subplots(1, max(1, len(examples)), figsize=(3 * max(1, len(examples)), 3), squeeze=False)
+for axis, (_, problem) in zip(axes[0], examples.iterrows()):
+    axis.imshow(load_grayscale(root / problem["path"]), cmap="gray")
+    axis.set_title(problem["kind"], fontsize=9)
+    axis.axis("off")'''),
+    ],
+    "02_results.ipynb": [
+        new_markdown_cell("# Results: learning curves, overfitting, comparison with Stanford's model and radiologists\n\n"
+                          "`MURA_RUN_DIR`: a training run folder (default: the newest under outputs/). `MURA_EVAL_DIR`: an "
+                          "evaluation folder, e.g. the wrist model on all body parts (optional)."),
+        new_code_cell(SETUP + '''
+import json
+
+from mura.callbacks.curves import draw_curves, overfitting_onset
+from mura.evaluation.report import comparison_table, metrics_table
+
+run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))
+history = json.loads((run_dir / "history.json").read_text())
+pd.DataFrame(history).set_index("epoch").round(3)'''),
+        new_markdown_cell("## Learning curves and the train-validation gap"),
+        new_code_cell('''import tempfile
+
+curves = Path(tempfile.mkdtemp()) / "curves.png"  # redrawn here; the run folder is left as it is
+onset = draw_curves(history, curves)
+print("overfitting starts after epoch", onset if onset is not None else "- (not seen)")
+plt.imshow(plt.imread(curves)); plt.axis("off");'''),
+        new_markdown_cell("## Study-level kappa beside the paper (its numbers are on the hidden test set)"),
+        new_code_cell('''report = json.loads((run_dir / "metrics.json").read_text())
+comparison_table(report)'''),
+        new_code_cell('''metrics_table(report, "image")  # image level: what the seed notebook reported (as accuracy)'''),
+        new_markdown_cell("## A model evaluated on other body parts (the seed's 'wrist model on every body part')"),
+        new_code_cell('''eval_dir = os.environ.get("MURA_EVAL_DIR")
+if eval_dir:
+    display(metrics_table(json.loads((Path(eval_dir) / "metrics.json").read_text()), "study"))
+else:
+    print("set MURA_EVAL_DIR to a `python -m mura.evaluate ... data.body_parts=all` run folder")'''),
+    ],
+    "03_explainability.ipynb": [
+        new_markdown_cell("# Explainability: Grad-CAM over validation studies\n\n`MURA_RUN_DIR`: a training run folder; "
+                          "`MURA_DATA_ROOT`: its data root."),
+        new_code_cell(SETUP + '''
+import numpy as np
+import torch
+from PIL import Image
+
+from mura.data.images import load_grayscale
+from mura.data.transforms import build_transforms
+from mura.explain import gradcam_maps, overlay_figure
+from mura.models.checkpoint import load_classifier
+
+run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))
+root = Path(os.environ.get("MURA_DATA_ROOT", "../data/synthetic/MURA-v1.1"))
+model = load_classifier(run_dir / "checkpoints" / "best.ckpt")
+splits = pd.read_csv(run_dir / "splits.csv")
+hp = model.hparams
+transform = build_transforms(hp.recipe, hp.image_size, hp.in_channels, train=False)'''),
+        new_code_cell('''val = splits[splits["split"] == "val"]
+studies = [val[val["label"] == label]["study"].iloc[0] for label in (0, 1) if (val["label"] == label).any()]
+for study in studies:
+    views = val[val["study"] == study].head(4)
+    raw = [load_grayscale(root / path) for path in views["path"]]
+    batch = torch.stack([transform(torch.from_numpy(p).unsqueeze(0)) for p in raw])
+    maps, probabilities = gradcam_maps(model.network, batch)
+    shown = [np.asarray(Image.fromarray(p).resize((hp.image_size, hp.image_size))) for p in raw]
+    truth = "abnormal" if views["label"].iloc[0] else "normal"
+    overlay_figure(shown, maps, probabilities, f"{study} (truth: {truth})")'''),
+    ],
+}
+
+
+def main() -> None:
+    for name, cells in NOTEBOOKS.items():
+        notebook = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+        nbformat.write(notebook, HERE / name)
+
+
+if __name__ == "__main__":
+    main()
