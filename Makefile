@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check mura tests
+	$(BIN)/ruff check mura tests notebooks
 
 bench: $(STAMP)
 	$(BIN)/python -m mura.bench

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mura.errors import exit_on_user_error
 from mura.evaluation.report import metrics_table, write_run_outputs
@@ -31,7 +33,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(cfg.get("logger")) or False
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        # weights_only: resuming reads tensors and plain values, never pickled code.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except SIGTERMException:
+        log.error("stopped by SIGTERM; %s holds the state to resume from (ckpt_path=that file)", output_dir / "checkpoints")
+        raise SystemExit(128 + signal.SIGTERM) from None
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
 
     if cfg.get("test"):
@@ -39,7 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning("no test split: %s lists no valid images for %s; skipping the test", datamodule.root, datamodule.body_parts)
         else:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=False)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
             if trainer.is_global_zero:
                 write_test_outputs(model, datamodule, output_dir)
             metrics.update({key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")})

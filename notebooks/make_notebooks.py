@@ -18,6 +18,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+'''
+
+NEWEST_RUN = '''
 
 def newest_run(task: str) -> Path | None:
     """The newest run folder of a task under outputs/ that finished (it has metrics.json)."""
@@ -57,7 +60,7 @@ problems = pd.DataFrame(audit["problems"])
 display(pd.Series(audit["summary"], name="count").to_frame())
 examples = problems[problems["kind"].isin(["inverted_image", "near_blank_image", "duplicate_image"])].drop_duplicates("kind")
 figure, axes = plt.subplots(1, max(1, len(examples)), figsize=(3 * max(1, len(examples)), 3), squeeze=False)
-for axis, (_, problem) in zip(axes[0], examples.iterrows()):
+for axis, (_, problem) in zip(axes[0], examples.iterrows(), strict=False):
     axis.imshow(load_grayscale(root / problem["path"]), cmap="gray")
     axis.set_title(problem["kind"], fontsize=9)
     axis.axis("off")'''),
@@ -66,12 +69,11 @@ for axis, (_, problem) in zip(axes[0], examples.iterrows()):
         new_markdown_cell("# Results: learning curves, overfitting, comparison with Stanford's model and radiologists\n\n"
                           "`MURA_RUN_DIR`: a training run folder (default: the newest under outputs/). `MURA_EVAL_DIR`: an "
                           "evaluation folder, e.g. the wrist model on all body parts (optional)."),
-        new_code_cell(SETUP + '''
-import json
+        new_code_cell("import json\n" + SETUP + '''
 
-from mura.callbacks.curves import draw_curves, overfitting_onset
+from mura.callbacks.curves import draw_curves
 from mura.evaluation.report import comparison_table, metrics_table
-
+''' + NEWEST_RUN + '''
 run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))
 history = json.loads((run_dir / "history.json").read_text())
 pd.DataFrame(history).set_index("epoch").round(3)'''),
@@ -81,7 +83,8 @@ pd.DataFrame(history).set_index("epoch").round(3)'''),
 curves = Path(tempfile.mkdtemp()) / "curves.png"  # redrawn here; the run folder is left as it is
 onset = draw_curves(history, curves)
 print("overfitting starts after epoch", onset if onset is not None else "- (not seen)")
-plt.imshow(plt.imread(curves)); plt.axis("off");'''),
+plt.imshow(plt.imread(curves))
+plt.axis("off");'''),
         new_markdown_cell("## Study-level kappa beside the paper (its numbers are on the hidden test set)"),
         new_code_cell('''report = json.loads((run_dir / "metrics.json").read_text())
 comparison_table(report)'''),
@@ -96,8 +99,11 @@ else:
     "03_explainability.ipynb": [
         new_markdown_cell("# Explainability: Grad-CAM over validation studies\n\n`MURA_RUN_DIR`: a training run folder; "
                           "`MURA_DATA_ROOT`: its data root."),
-        new_code_cell(SETUP + '''
+        new_code_cell('''import os
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -105,7 +111,7 @@ from mura.data.images import load_grayscale
 from mura.data.transforms import build_transforms
 from mura.explain import gradcam_maps, overlay_figure
 from mura.models.checkpoint import load_classifier
-
+''' + NEWEST_RUN + '''
 run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))
 root = Path(os.environ.get("MURA_DATA_ROOT", "../data/synthetic/MURA-v1.1"))
 model = load_classifier(run_dir / "checkpoints" / "best.ckpt")

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from mura.data.dataset import MuraImageDataset, collate_samples
 from mura.data.index import BODY_PARTS, MuraDataError, build_index, parse_body_parts
+from mura.data.sampling import SeededSampler
 from mura.data.split import SPLITS_CSV_COLUMNS, assign_splits, split_table
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic
 from mura.data.transforms import build_transforms
@@ -134,10 +135,13 @@ class MuraDataModule(pl.LightningDataModule):
 
     def dataloader(self, split: str, shuffle: bool | None = None, train_transforms: bool | None = None) -> DataLoader:
         is_train = split == "train"
+        dataset = self.dataset(split, train_transforms)
+        augment = is_train if train_transforms is None else train_transforms
+        sampler = SeededSampler(len(dataset), self.seed, shuffle=is_train if shuffle is None else shuffle, augment=augment)
         return DataLoader(
-            self.dataset(split, train_transforms),
+            dataset,
             batch_size=self.batch_size if is_train else self.eval_batch_size,
-            shuffle=is_train if shuffle is None else shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

@@ -47,7 +47,9 @@ class MuraImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int | None]) -> dict:
+        # `SeededSampler` hands (index, augmentation seed); a plain index means "no fixed seed".
+        index, augmentation_seed = key if isinstance(key, tuple) else (key, None)
         path = self.paths[index]
         try:
             pixels = load_grayscale(self.root / path)
@@ -56,7 +58,14 @@ class MuraImageDataset(Dataset):
                 raise
             log.warning("skipping %s: %s", path, error.reason)
             return {"skipped": path, "reason": error.reason}
-        image = self.transform(torch.from_numpy(pixels).unsqueeze(0))
+        image = torch.from_numpy(pixels).unsqueeze(0)
+        if augmentation_seed is None:
+            image = self.transform(image)
+        else:
+            # The transforms draw from torch's global generator; fork it so the seed stays local to this sample.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(augmentation_seed)
+                image = self.transform(image)
         return {
             "image": image,
             "label": torch.tensor(self.labels[index]),

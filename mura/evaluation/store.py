@@ -34,7 +34,7 @@ class PredictionStore(Metric):
         self.logit.append(logit.detach().float())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        if not self.image_idx or (isinstance(self.image_idx, list) and len(self.image_idx) == 0):
+        if not self.has_rows:
             return {name: torch.empty(0) for name in FIELDS}
         columns = {name: dim_zero_cat(getattr(self, name)) for name in FIELDS}
         _, first = _first_occurrence(columns["image_idx"])
@@ -42,7 +42,9 @@ class PredictionStore(Metric):
 
     @property
     def has_rows(self) -> bool:
-        return isinstance(self.image_idx, torch.Tensor) or len(self.image_idx) > 0
+        # A list of batch tensors before syncing; one gathered tensor after (under DDP).
+        state = self.image_idx
+        return state.numel() > 0 if isinstance(state, torch.Tensor) else len(state) > 0
 
 
 def _first_occurrence(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

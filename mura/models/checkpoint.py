@@ -1,10 +1,13 @@
-"""Load a `mura` checkpoint for inference, safely: tensors and plain values only, never pickled code."""
+"""Checkpoints, safely: loaded as tensors and plain values only (never pickled code), written atomically."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from mura.errors import CheckpointError
 from mura.models.classifier import CHECKPOINT_FORMAT, MuraClassifier
@@ -47,3 +50,21 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Mur
     except (TypeError, KeyError, RuntimeError) as error:
         raise CheckpointError(f"{path}: its settings or weights do not fit this mura version ({error})") from None
     return model.to(device).eval()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary file beside the target, fsync, then rename over it: a crash mid-write leaves the
+    previous checkpoint intact, never a truncated one that breaks resume."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            with open(temporary, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)

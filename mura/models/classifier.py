@@ -162,7 +162,19 @@ class MuraClassifier(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mura"] = {"version": __version__, "format": CHECKPOINT_FORMAT}
+        # The global torch RNG drives dropout; with it restored, a resumed run continues exactly (the data
+        # order and augmentation are already functions of (seed, epoch, index), see mura.data.sampling).
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["mura"] = {"version": __version__, "format": CHECKPOINT_FORMAT, "rng": rng}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("mura", {}).get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _fmt(value: float | None) -> str:
