@@ -70,7 +70,6 @@ for axis, (_, problem) in zip(axes[0], examples.iterrows(), strict=False):
                           "`MURA_RUN_DIR`: a training run folder (default: the newest under outputs/). `MURA_EVAL_DIR`: an "
                           "evaluation folder, e.g. the wrist model on all body parts (optional)."),
         new_code_cell("import json\n" + SETUP + '''
-
 from mura.callbacks.curves import draw_curves
 from mura.evaluation.report import comparison_table, metrics_table
 ''' + NEWEST_RUN + '''
