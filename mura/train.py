@@ -50,7 +50,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if trainer.is_global_zero:
                 write_test_outputs(model, datamodule, output_dir)
             metrics.update({key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")})
+    report_skipped(model.all_skipped_images(), output_dir, trainer.is_global_zero)
     return metrics
+
+
+def report_skipped(skipped: list[str], output_dir: Path, write: bool) -> None:
+    """Counted skips are reported at the end of the run and listed in skipped_images.txt, never silent."""
+    if not skipped:
+        return
+    log.warning("%d unreadable image(s) were skipped (data.on_bad_image=skip), listed in %s: %s",
+                len(skipped), output_dir / "skipped_images.txt", skipped[:5])
+    if write:
+        (output_dir / "skipped_images.txt").write_text("".join(path + "\n" for path in skipped))
 
 
 def write_test_outputs(model, datamodule, output_dir: Path) -> None:

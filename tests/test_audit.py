@@ -104,3 +104,15 @@ def test_real_humerus_sample_counts_and_decodes():
         pixels = load_grayscale(Path(REAL_ROOT) / path)
         assert pixels.ndim == 2 and max(pixels.shape) <= 512
     assert len(table) == 1272
+
+
+def test_a_jpeg_with_a_png_name_is_flagged_but_readable(writable_root: Path):
+    from PIL import Image
+
+    table = build_index(writable_root)
+    target = table["path"].iloc[2]
+    with Image.open(writable_root / target) as image:
+        image.convert("RGB").save(writable_root / target, format="JPEG")
+    assert load_grayscale(writable_root / target).ndim == 2
+    audit = audit_release(writable_root, workers=1, progress=False)
+    assert problems_of(audit, "not_png") == {target}

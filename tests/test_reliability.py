@@ -152,3 +152,22 @@ def test_ddp_two_processes_give_exactly_the_single_process_metrics(synthetic_roo
             for name, value in metrics.items():
                 got = ddp_report[level][group][name]
                 assert np.allclose(np.asarray(got, dtype=float), np.asarray(value, dtype=float), atol=1e-6, equal_nan=True), (level, group, name)
+
+
+def test_skipped_images_are_counted_and_listed_at_the_end(writable_root: Path, tmp_path: Path):
+    from mura.data.index import build_index
+
+    table = build_index(writable_root)
+    victims = sorted(table[table["split"] == "train"]["path"].iloc[[0, 3]])
+    (writable_root / victims[0]).write_bytes(b"")
+    (writable_root / victims[1]).write_text("not an image")
+    cfg = compose_config([*tiny_training_overrides(writable_root, tmp_path), "data.on_bad_image=skip", "trainer.max_epochs=1",
+                          "callbacks.gradcam.every_n_epochs=0"])
+    train(cfg)
+    assert (tmp_path / "skipped_images.txt").read_text().splitlines() == victims
+
+
+def test_an_override_with_a_typo_is_refused_by_hydra(tmp_path: Path):
+    result = run_train(["data.bach_size=4", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, check=False)
+    assert result.returncode == 1
+    assert "Could not override 'data.bach_size'" in result.stderr

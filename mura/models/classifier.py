@@ -59,7 +59,7 @@ class MuraClassifier(pl.LightningModule):
         self.scheduler_factory = scheduler
         # One store per stage (attributes: nn.Module already has a `train` method, so no ModuleDict keys).
         self.train_store, self.val_store, self.test_store = PredictionStore(), PredictionStore(), PredictionStore()
-        self.skipped_images: list[str] = []
+        self.skipped_images: set[str] = set()  # unreadable images left out (data.on_bad_image=skip)
         self.reports: dict[str, dict] = {}
         self.predictions: dict[str, pd.DataFrame] = {}
 
@@ -78,7 +78,7 @@ class MuraClassifier(pl.LightningModule):
             log.info("loss weights w_abnormal per body part: %s", weights)
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor | None:
-        self.skipped_images.extend(batch.get("skipped", []))
+        self.skipped_images.update(batch.get("skipped", []))
         if batch["image"] is None:
             return None
         logits = self(batch["image"])
@@ -145,8 +145,15 @@ class MuraClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._finish_stage("test")
-        if self.skipped_images:
-            log.warning("%d unreadable image(s) were skipped: %s", len(self.skipped_images), self.skipped_images[:10])
+
+    def all_skipped_images(self) -> list[str]:
+        """The images every process skipped, gathered (call it on all ranks under DDP)."""
+        skipped = set(self.skipped_images)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, sorted(skipped))
+            skipped = set().union(*gathered)
+        return sorted(skipped)
 
     # -- optimisation and checkpoints ----------------------------------------------------------------------
 
