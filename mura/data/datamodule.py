@@ -10,12 +10,13 @@ import pandas as pd
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from mura.data.cache import ImageCache, open_or_build_cache
 from mura.data.dataset import MuraImageDataset, collate_samples
 from mura.data.index import BODY_PARTS, MuraDataError, build_index, parse_body_parts
 from mura.data.sampling import SeededSampler
 from mura.data.split import SPLITS_CSV_COLUMNS, assign_splits, split_table
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic
-from mura.data.transforms import build_transforms
+from mura.data.transforms import ResizeSquare, build_transforms
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ class MuraDataModule(pl.LightningDataModule):
         synthetic: settings for `mura.data.synthetic.SyntheticConfig`; when given, a synthetic release is
             generated at `root` on first use and reused afterwards.
         splits_dir: where `setup` writes `splits.csv` and `split_table.md` (the run folder); None skips it.
+        cache: decode and resize every image once into a memory-mapped file under `cache_dir` (mura.data.cache).
+        augment_on_device: hand out resized uint8 images; the model augments and normalises whole batches on
+            its device (mura.data.device_augment).
     """
 
     def __init__(
@@ -45,7 +49,10 @@ class MuraDataModule(pl.LightningDataModule):
         seed: int = 0,
         on_bad_image: str = "error",
         pin_memory: bool = False,
-        persistent_workers: bool = False,
+        persistent_workers: bool = True,
+        cache: bool = False,
+        cache_dir: str | None = None,
+        augment_on_device: bool = False,
         synthetic: dict[str, Any] | None = None,
         splits_dir: str | None = None,
     ):
@@ -63,6 +70,10 @@ class MuraDataModule(pl.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.cache = cache
+        self.cache_dir = cache_dir or (str(Path(root).parent / "cache") if root else None)
+        self.augment_on_device = augment_on_device
+        self._caches: dict[str, ImageCache] = {}
         self.synthetic = SyntheticConfig(**synthetic) if synthetic else None
         self.splits_dir = splits_dir
         self.splits: pd.DataFrame | None = None
@@ -130,8 +141,20 @@ class MuraDataModule(pl.LightningDataModule):
         if frame.empty:
             raise MuraDataError(_empty_split_message(split, self.root, self.body_parts))
         augment = split == "train" if train_transforms is None else train_transforms
-        transform = build_transforms(self.recipe, self.image_size, self.channels, train=augment)
-        return MuraImageDataset(frame, self.root, transform, on_bad_image=self.on_bad_image)
+        cache = self.image_cache(split) if self.cache else None
+        if self.augment_on_device:  # uint8 out, resized: the model augments and normalises on its device
+            transform = None if cache is not None else ResizeSquare(self.image_size)
+        else:
+            transform = build_transforms(self.recipe, self.image_size, self.channels, train=augment, resize=cache is None)
+        return MuraImageDataset(frame, self.root, transform, on_bad_image=self.on_bad_image, cache=cache)
+
+    def image_cache(self, split: str) -> ImageCache:
+        if split not in self._caches:
+            self._caches[split] = open_or_build_cache(
+                self.root, self.split_frame(split)["path"].tolist(), self.image_size, self.cache_dir,
+                workers=max(1, self.num_workers),
+            )
+        return self._caches[split]
 
     def dataloader(self, split: str, shuffle: bool | None = None, train_transforms: bool | None = None) -> DataLoader:
         is_train = split == "train"

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from mura.data.cache import ImageCache
 from mura.data.images import ImageDecodeError, load_grayscale
 from mura.data.index import BODY_PARTS
 
@@ -19,24 +20,29 @@ ON_BAD_IMAGE = ("error", "skip")
 
 
 class MuraImageDataset(Dataset):
-    """Rows of `table` (columns path, label, study_idx, image_idx, body_part) read from under `root`.
+    """Rows of `table` (columns path, label, study_idx, image_idx, body_part) read from under `root`, or
+    from a decode-once `cache` built over the same rows.
 
     With ``on_bad_image="skip"`` an unreadable image yields ``{"skipped": path, "reason": ...}``, which
     `collate_samples` counts and drops; with ``"error"`` it raises `ImageDecodeError` naming the file.
+    Every sample carries its augmentation seed (-1: none), which `DeviceAugmentation` uses when the transform
+    leaves the image uint8 (data.augment_on_device=true).
     """
 
     def __init__(
         self,
         table: pd.DataFrame,
         root: str | Path,
-        transform: Callable[[torch.Tensor], torch.Tensor],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None,
         on_bad_image: str = "error",
+        cache: ImageCache | None = None,
     ):
         if on_bad_image not in ON_BAD_IMAGE:
             raise ValueError(f"data.on_bad_image must be one of {ON_BAD_IMAGE}, not {on_bad_image!r}")
         self.root = Path(root)
         self.transform = transform
         self.on_bad_image = on_bad_image
+        self.cache = cache
         # Plain lists: cheap to pickle into workers and no pandas indexing in __getitem__.
         self.paths = table["path"].tolist()
         self.labels = table["label"].astype("float32").tolist()
@@ -52,16 +58,16 @@ class MuraImageDataset(Dataset):
         index, augmentation_seed = key if isinstance(key, tuple) else (key, None)
         path = self.paths[index]
         try:
-            pixels = load_grayscale(self.root / path)
+            pixels = self._pixels(index)
         except ImageDecodeError as error:
             if self.on_bad_image == "error":
                 raise
             log.warning("skipping %s: %s", path, error.reason)
             return {"skipped": path, "reason": error.reason}
         image = torch.from_numpy(pixels).unsqueeze(0)
-        if augmentation_seed is None:
+        if self.transform is not None and augmentation_seed is None:
             image = self.transform(image)
-        else:
+        elif self.transform is not None:
             # The transforms draw from torch's global generator; fork it so the seed stays local to this sample.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(augmentation_seed)
@@ -73,7 +79,16 @@ class MuraImageDataset(Dataset):
             "image_idx": self.image_indices[index],
             "body_part_idx": self.body_part_indices[index],
             "path": path,
+            "augment_seed": -1 if augmentation_seed is None else augmentation_seed,
         }
+
+    def _pixels(self, index: int):
+        if self.cache is None:
+            return load_grayscale(self.root / self.paths[index])
+        pixels = self.cache.pixels(index)
+        if pixels is None:
+            raise ImageDecodeError(self.root / self.paths[index], self.cache.failures[index])
+        return pixels
 
 
 def collate_samples(samples: list[dict]) -> dict:

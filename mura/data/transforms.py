@@ -47,11 +47,28 @@ def imagenet_normalize(channels: int) -> v2.Normalize:
     return v2.Normalize([mean] * channels, [std] * channels)
 
 
-def build_transforms(recipe: str, image_size: int, channels: int, train: bool) -> v2.Compose:
-    """The pipeline for one recipe; `train=False` gives the deterministic evaluation pipeline."""
+def resize_square(image: torch.Tensor, image_size: int) -> torch.Tensor:
+    """The fixed first step of both recipes (the decode-once cache stores exactly its output)."""
+    return v2.functional.resize(image, [image_size, image_size], antialias=True)
+
+
+class ResizeSquare(nn.Module):
+    def __init__(self, image_size: int):
+        super().__init__()
+        self.image_size = image_size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return resize_square(image, self.image_size)
+
+
+def build_transforms(recipe: str, image_size: int, channels: int, train: bool, resize: bool = True) -> v2.Compose:
+    """The pipeline for one recipe; `train=False` gives the deterministic evaluation pipeline.
+
+    `resize=False` leaves out the first step, for images that come already resized from the cache.
+    """
     if recipe not in RECIPES:
         raise ValueError(f"data.recipe must be one of {RECIPES}, not {recipe!r}")
-    steps: list[nn.Module] = [v2.Resize((image_size, image_size), antialias=True)]
+    steps: list[nn.Module] = [ResizeSquare(image_size)] if resize else []
     if recipe == "paper":
         if train:
             steps += [v2.RandomHorizontalFlip(), v2.RandomRotation(30)]

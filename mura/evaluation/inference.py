@@ -49,6 +49,8 @@ def predict_images(
             if batch["image"] is None:
                 continue
             images = batch["image"].to(device, non_blocking=True)
+            if images.dtype == torch.uint8:  # data.augment_on_device: normalised here, on the device
+                images = model.preprocess(images)
             # float64 sigmoid of the float32 logit: the same numbers training's test step reports.
             probability = torch.sigmoid(model(images).double())
             if tta_flip:

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from mura import __version__
+from mura.data.device_augment import DeviceAugmentation
 from mura.data.index import BODY_PARTS
 from mura.evaluation.metrics import flatten_for_logging, metrics_report
 from mura.evaluation.store import PredictionStore, predictions_frame
@@ -55,6 +56,7 @@ class MuraClassifier(pl.LightningModule):
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self.criterion = StudyTypeWeightedBCE(BODY_PARTS, weighted=loss_weighted)
+        self.device_augmentation = DeviceAugmentation(recipe, in_channels)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # One store per stage (attributes: nn.Module already has a `train` method, so no ModuleDict keys).
@@ -69,6 +71,18 @@ class MuraClassifier(pl.LightningModule):
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.network(images).squeeze(1)
+
+    def preprocess(self, images: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+        """Resized uint8 batches (data.augment_on_device=true) to network input, augmented when seeds are given."""
+        return self.device_augmentation(images, seeds)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        images = batch.get("image")
+        if images is not None and images.dtype == torch.uint8:
+            seeds = batch["augment_seed"].tolist()
+            augment = self.trainer.training and min(seeds) >= 0
+            batch["image"] = self.preprocess(images, seeds if augment else None)
+        return batch
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -1,0 +1,123 @@
+"""Decode-once image cache: every image of a split decoded and resized once into a memory-mapped uint8 file.
+
+PNG decoding and resizing dominate the input pipeline (REFERENCE.md section 5: 151 img/s per core); an
+epoch from the cache is a memory copy. The cache stores exactly the output of the recipes' first step
+(`resize_square`), so every later step, and every metric, is the same as from the PNG files.
+
+A cache is keyed on its source files (path, size, modification time), the image size and the format
+version: change any and it is rebuilt; otherwise it is reused. It is built by several processes, with a
+progress bar, into a temporary file that is renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mura.data.images import ImageDecodeError, load_grayscale
+from mura.data.transforms import resize_square
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def cache_key(root: Path, paths: list[str], image_size: int) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{image_size}|{root.resolve()}".encode())
+    for path in paths:
+        try:
+            stat = os.stat(root / path)
+            digest.update(f"|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        except FileNotFoundError:
+            digest.update(f"|{path}|missing".encode())
+    return digest.hexdigest()[:20]
+
+
+def _decode_rows(job: tuple[str, str, list[tuple[int, str]], int, int]) -> list[tuple[int, str]]:
+    """Decode and resize rows into the memory map (runs in worker processes); returns the failures."""
+    array_path, root, rows, total, image_size = job
+    array = np.memmap(array_path, dtype=np.uint8, mode="r+", shape=(total, image_size, image_size))
+    failures = []
+    for position, path in rows:
+        try:
+            pixels = torch.from_numpy(load_grayscale(Path(root) / path)).unsqueeze(0)
+        except ImageDecodeError as error:
+            failures.append((position, error.reason))
+            continue
+        array[position] = resize_square(pixels, image_size)[0].numpy()
+    array.flush()
+    return failures
+
+
+class ImageCache:
+    """A read-only view of a built cache: `pixels(i)` is the resized uint8 image of row i, or None if unusable."""
+
+    def __init__(self, array_path: Path, meta: dict):
+        self.array_path = array_path
+        self.meta = meta
+        self.image_size = meta["image_size"]
+        self.paths: list[str] = meta["paths"]
+        self.failures: dict[int, str] = {int(k): v for k, v in meta["failures"].items()}
+        self._array: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getstate__(self) -> dict:
+        # Workers reopen the memory map themselves instead of pickling its pages.
+        return {**self.__dict__, "_array": None}
+
+    def pixels(self, position: int) -> np.ndarray | None:
+        if position in self.failures:
+            return None
+        if self._array is None:
+            self._array = np.memmap(self.array_path, dtype=np.uint8, mode="r", shape=(len(self.paths), self.image_size, self.image_size))
+        return np.array(self._array[position])  # a writable copy, as torch wants
+
+
+def open_or_build_cache(
+    root: str | Path,
+    paths: list[str],
+    image_size: int,
+    cache_dir: str | Path,
+    workers: int = 4,
+    progress: bool = True,
+) -> ImageCache:
+    """The cache for these files at this size: reused when its key matches, built otherwise."""
+    root, cache_dir = Path(root), Path(cache_dir)
+    key = cache_key(root, paths, image_size)
+    array_path, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
+    if meta_path.is_file() and array_path.is_file():
+        return ImageCache(array_path, json.loads(meta_path.read_text()))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = cache_dir / f"{key}.u8.partial-{os.getpid()}"
+    total = len(paths)
+    np.memmap(partial, dtype=np.uint8, mode="w+", shape=(max(total, 1), image_size, image_size)).flush()
+    chunk = max(1, min(256, total // max(1, workers * 4) or 1))
+    jobs = [(str(partial), str(root), list(enumerate(paths))[start : start + chunk], max(total, 1), image_size)
+            for start in range(0, total, chunk)]
+    failures: dict[int, str] = {}
+    with tqdm(total=total, desc=f"caching {total} images at {image_size} px", unit="img", disable=not progress) as bar:
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for job, result in zip(jobs, pool.map(_decode_rows, jobs), strict=True):
+                    failures.update(result)
+                    bar.update(len(job[2]))
+        else:
+            for job in jobs:
+                failures.update(_decode_rows(job))
+                bar.update(len(job[2]))
+    meta = {"version": CACHE_VERSION, "root": str(root), "image_size": image_size, "paths": paths,
+            "failures": {str(k): v for k, v in failures.items()}}
+    os.replace(partial, array_path)
+    meta_path.write_text(json.dumps(meta))  # written last: its presence marks a complete cache
+    log.info("cached %d images (%d unreadable) at %s", total, len(failures), array_path)
+    return ImageCache(array_path, meta)

@@ -1,0 +1,97 @@
+"""The decode-once cache and on-device augmentation compute what the plain path computes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mura.data.cache import open_or_build_cache
+from mura.data.datamodule import MuraDataModule
+from mura.data.device_augment import DeviceAugmentation, affine_matrices
+from mura.data.images import ImageDecodeError, load_grayscale
+from mura.data.transforms import build_transforms, resize_square
+
+
+def datamodule(root: Path, tmp_path: Path, **overrides) -> MuraDataModule:
+    settings = dict(root=str(root), image_size=40, recipe="paper", channels=3, batch_size=8, num_workers=0,
+                    val_fraction=0.3, seed=0, cache_dir=str(tmp_path / "cache"))
+    settings.update(overrides)
+    module = MuraDataModule(**settings)
+    module.setup("fit")
+    return module
+
+
+@pytest.mark.parametrize("recipe", ["paper", "seed"])
+def test_cached_evaluation_images_equal_the_plain_path(synthetic_root: Path, tmp_path: Path, recipe: str):
+    plain = datamodule(synthetic_root, tmp_path, recipe=recipe).dataset("val")
+    cached = datamodule(synthetic_root, tmp_path, recipe=recipe, cache=True).dataset("val")
+    assert cached.cache is not None and len(cached) == len(plain)
+    for index in range(0, len(plain), 3):
+        assert torch.equal(plain[index]["image"], cached[index]["image"]), plain.paths[index]
+
+
+@pytest.mark.parametrize("recipe,channels", [("paper", 3), ("paper", 1), ("seed", 1)])
+def test_device_normalisation_equals_the_cpu_pipeline(synthetic_root: Path, tmp_path: Path, recipe: str, channels: int):
+    raw = datamodule(synthetic_root, tmp_path, recipe=recipe, channels=channels, augment_on_device=True).dataset("val")
+    plain = datamodule(synthetic_root, tmp_path, recipe=recipe, channels=channels).dataset("val")
+    batch = torch.stack([raw[i]["image"] for i in range(4)])
+    assert batch.dtype == torch.uint8
+    on_device = DeviceAugmentation(recipe, channels)(batch, seeds=None)
+    expected = torch.stack([plain[i]["image"] for i in range(4)])
+    assert torch.allclose(on_device, expected, atol=1e-5)
+
+
+def test_device_augmentation_is_seeded_per_sample_and_identity_without_motion():
+    images = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
+    augment = DeviceAugmentation("paper", 1)
+    first = augment(images, seeds=[1, 2, 3])
+    assert torch.equal(first, augment(images, seeds=[1, 2, 3]))
+    assert torch.equal(first[1], augment(images[1:2], seeds=[2])[0])  # independent of the batch around it
+    assert not torch.equal(first, augment(images, seeds=[4, 5, 6]))
+    identity = affine_matrices(torch.tensor([[0.0, 1.0, 0.0, 0.0, 1.0, 1.0]]))
+    assert torch.allclose(identity, torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]]))
+    mirrored = affine_matrices(torch.tensor([[0.0, 1.0, 0.0, 0.0, -1.0, 1.0]]))
+    grid = torch.nn.functional.affine_grid(mirrored, [1, 1, 32, 32], align_corners=False)
+    flipped = torch.nn.functional.grid_sample(images[:1].float(), grid, align_corners=False)
+    assert torch.allclose(flipped, torch.flip(images[:1].float(), dims=[-1]), atol=1e-4)
+
+
+def test_cache_is_reused_and_rebuilt_when_a_source_changes(writable_root: Path, tmp_path: Path):
+    paths = sorted(p.relative_to(writable_root).as_posix() for p in (writable_root / "valid").rglob("image*.png"))[:6]
+    cache = open_or_build_cache(writable_root, paths, 32, tmp_path / "cache", workers=1, progress=False)
+    assert torch.equal(torch.from_numpy(cache.pixels(2)), resize_square(torch.from_numpy(load_grayscale(writable_root / paths[2]))[None], 32)[0])
+    stamp = cache.array_path.stat().st_mtime_ns
+    again = open_or_build_cache(writable_root, paths, 32, tmp_path / "cache", workers=1, progress=False)
+    assert again.array_path == cache.array_path and again.array_path.stat().st_mtime_ns == stamp
+    changed = writable_root / paths[0]
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    rebuilt = open_or_build_cache(writable_root, paths, 32, tmp_path / "cache", workers=1, progress=False)
+    assert rebuilt.array_path != cache.array_path
+    other_size = open_or_build_cache(writable_root, paths, 24, tmp_path / "cache", workers=1, progress=False)
+    assert other_size.pixels(0).shape == (24, 24)
+
+
+def test_a_bad_image_in_the_cache_is_an_error_or_a_skip(writable_root: Path, tmp_path: Path):
+    module = datamodule(writable_root, tmp_path)
+    victim = module.split_frame("val")["path"].iloc[1]
+    (writable_root / victim).write_bytes(b"broken")
+    erroring = datamodule(writable_root, tmp_path, cache=True).dataset("val")
+    with pytest.raises(ImageDecodeError, match=victim):
+        erroring[1]
+    skipping = datamodule(writable_root, tmp_path, cache=True, on_bad_image="skip").dataset("val")
+    assert skipping[1] == {"skipped": victim, "reason": skipping.cache.failures[1]}
+
+
+def test_cache_building_with_workers_matches_one_process(synthetic_root: Path, tmp_path: Path):
+    paths = sorted(p.relative_to(synthetic_root).as_posix() for p in (synthetic_root / "valid").rglob("image*.png"))
+    single = open_or_build_cache(synthetic_root, paths, 28, tmp_path / "one", workers=1, progress=False)
+    several = open_or_build_cache(synthetic_root, paths, 28, tmp_path / "two", workers=2, progress=False)
+    assert all((single.pixels(i) == several.pixels(i)).all() for i in range(len(paths)))
+
+
+def test_eval_transform_of_uncached_images_still_resizes():
+    transform = build_transforms("paper", 20, 1, train=False, resize=False)
+    assert transform(torch.zeros(1, 20, 20, dtype=torch.uint8)).shape == (1, 20, 20)
