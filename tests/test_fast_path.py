@@ -95,3 +95,13 @@ def test_cache_building_with_workers_matches_one_process(synthetic_root: Path, t
 def test_eval_transform_of_uncached_images_still_resizes():
     transform = build_transforms("paper", 20, 1, train=False, resize=False)
     assert transform(torch.zeros(1, 20, 20, dtype=torch.uint8)).shape == (1, 20, 20)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_augmentation_on_cuda_matches_cpu():
+    images = torch.randint(0, 256, (4, 1, 64, 64), dtype=torch.uint8)
+    augment = DeviceAugmentation("paper", 3)
+    on_cpu = augment(images, seeds=[1, 2, 3, 4])
+    on_gpu = augment.cuda()(images.cuda(), seeds=[1, 2, 3, 4]).cpu()
+    assert torch.allclose(on_cpu, on_gpu, atol=1e-4)

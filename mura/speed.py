@@ -1,0 +1,206 @@
+"""Throughput measurements behind `python -m mura.bench`: the paper's recipe against ours, side by side.
+
+Each function returns a row of bench.json: kind (data, train, fit, infer), recipe (baseline, ours),
+images_per_s (steady state, after warm-up), peak_mem_gib (CUDA only) and the config measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from mura.data.cache import open_or_build_cache
+from mura.data.datamodule import MuraDataModule
+from mura.data.dataset import MuraImageDataset, collate_samples
+from mura.data.device_augment import DeviceAugmentation
+from mura.data.sampling import SeededSampler
+from mura.data.transforms import build_transforms
+from mura.models.backbones import build_backbone
+from mura.models.classifier import MuraClassifier
+from mura.models.loss import weighted_bce_with_logits
+
+log = logging.getLogger(__name__)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else contextlib.nullcontext()
+
+
+def row(kind: str, recipe: str, images: int, seconds: float, device: torch.device, config: dict) -> dict:
+    return {"kind": kind, "recipe": recipe, "images_per_s": round(images / seconds, 1), "peak_mem_gib": _peak_gib(device),
+            "config": config}
+
+
+# -- (a) the input pipeline --------------------------------------------------------------------------------
+
+
+def measure_data(
+    root: Path, table, recipe_name: str, image_size: int, channels: int, batch_size: int, workers: int,
+    device: torch.device, cache_dir: Path, warmup_batches: int = 2,
+) -> dict:
+    """Decode, resize, augment, collate and move to the device; `ours` reads the cache and augments on the device."""
+    ours = recipe_name == "ours"
+    cache = None
+    build_seconds = None
+    if ours:
+        started = time.perf_counter()
+        cache = open_or_build_cache(root, table["path"].tolist(), image_size, cache_dir, workers=max(1, workers), progress=False)
+        build_seconds = round(time.perf_counter() - started, 2)
+        dataset = MuraImageDataset(table, root, None, cache=cache)
+    else:
+        dataset = MuraImageDataset(table, root, build_transforms("paper", image_size, channels, train=True))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=SeededSampler(len(dataset), 0, shuffle=True, augment=True),
+                        num_workers=workers, collate_fn=collate_samples, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    augment = DeviceAugmentation("paper", channels).to(device)
+    _reset_peak(device)
+    images, started = 0, None
+    for number, batch in enumerate(loader):
+        tensor = batch["image"].to(device, non_blocking=True)
+        if ours:
+            tensor = augment(tensor, batch["augment_seed"].tolist())
+        _sync(device)
+        if number == warmup_batches - 1:
+            started = time.perf_counter()
+        elif number >= warmup_batches:
+            images += len(tensor)
+    seconds = time.perf_counter() - started
+    config = {"image_size": image_size, "batch_size": batch_size, "workers": workers, "images": len(dataset),
+              "pipeline": "memory-mapped cache + batch augmentation on the device" if ours else "PIL decode + torchvision v2 per image"}
+    if build_seconds is not None:
+        config["cache_build_s_not_counted"] = build_seconds
+    return row("data", recipe_name, images, seconds, device, config)
+
+
+# -- (b) the model alone -----------------------------------------------------------------------------------
+
+
+def measure_train_step(
+    backbone: str, image_size: int, channels: int, batch_size: int, bf16: bool, channels_last: bool,
+    steps: int, warmup: int, device: torch.device, recipe_name: str,
+) -> dict:
+    network = build_backbone(backbone, channels, image_size).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    network = network.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    images = torch.randn(batch_size, channels, image_size, image_size, device=device).contiguous(memory_format=memory_format)
+    labels = (torch.rand(batch_size, device=device) > 0.5).float()
+    weights = torch.full((batch_size,), 0.5, device=device)
+    _reset_peak(device)
+    started = None
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            started = time.perf_counter()
+        with _autocast(device, bf16):
+            loss = weighted_bce_with_logits(network(images).squeeze(1), labels, weights, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,
+              "precision": "bf16-mixed" if bf16 and device.type == "cuda" else "32-true", "channels_last": channels_last}
+    return row("train", recipe_name, steps * batch_size, time.perf_counter() - started, device, config)
+
+
+# -- (c) end to end from PNG files -------------------------------------------------------------------------
+
+
+class _SteadyStateTimer(pl.Callback):
+    """Counts images per second over the training batches after the first `warmup`."""
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.started = None
+        self.images = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            _sync(pl_module.device)
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx >= self.warmup:
+            self.images += len(batch["label"])
+
+    def images_per_second(self, device: torch.device) -> tuple[int, float]:
+        _sync(device)
+        return self.images, time.perf_counter() - self.started
+
+
+def measure_fit(
+    root: Path, recipe_name: str, backbone: str, image_size: int, channels: int, batch_size: int, workers: int,
+    bf16: bool, channels_last: bool, cache: bool, augment_on_device: bool, batches: int, warmup: int,
+    device: torch.device, cache_dir: Path,
+) -> dict:
+    datamodule = MuraDataModule(
+        root=str(root), image_size=image_size, recipe="paper", channels=channels, batch_size=batch_size,
+        num_workers=workers, val_fraction=0.0, seed=0, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        cache=cache, cache_dir=str(cache_dir), augment_on_device=augment_on_device,
+    )
+    datamodule.setup("fit")
+    if cache:
+        datamodule.image_cache("train")  # built before timing: the cache is made once and reused across runs
+    model = MuraClassifier(backbone=backbone, in_channels=channels, image_size=image_size, channels_last=channels_last,
+                           optimizer=lambda params: torch.optim.Adam(params, lr=1e-4), scheduler=None)
+    timer = _SteadyStateTimer(warmup)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision="bf16-mixed" if bf16 and device.type == "cuda" else "32-true",
+        max_epochs=1, limit_train_batches=warmup + batches, limit_val_batches=0, num_sanity_val_steps=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        benchmark=device.type == "cuda", callbacks=[timer],
+    )
+    _reset_peak(device)
+    trainer.fit(model, train_dataloaders=datamodule.train_dataloader())
+    images, seconds = timer.images_per_second(device)
+    config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
+              "precision": trainer.precision, "channels_last": channels_last, "cache": cache, "augment_on_device": augment_on_device,
+              "timed_batches": batches}
+    return row("fit", recipe_name, images, seconds, device, config)
+
+
+# -- (d) inference -----------------------------------------------------------------------------------------
+
+
+def measure_inference(
+    backbone: str, image_size: int, channels: int, batch_size: int, bf16: bool, channels_last: bool,
+    steps: int, warmup: int, device: torch.device, recipe_name: str,
+) -> dict:
+    network = build_backbone(backbone, channels, image_size).to(device).eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    network = network.to(memory_format=memory_format)
+    images = torch.randn(batch_size, channels, image_size, image_size, device=device).contiguous(memory_format=memory_format)
+    _reset_peak(device)
+    started = None
+    with torch.inference_mode():
+        for step in range(warmup + steps):
+            if step == warmup:
+                _sync(device)
+                started = time.perf_counter()
+            with _autocast(device, bf16):
+                network(images)
+    _sync(device)
+    config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,
+              "precision": "bf16-mixed" if bf16 and device.type == "cuda" else "32-true", "channels_last": channels_last}
+    return row("infer", recipe_name, steps * batch_size, time.perf_counter() - started, device, config)
