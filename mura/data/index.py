@@ -174,8 +174,9 @@ def _files_on_disk(root: Path, split: str) -> set[str]:
     split_dir = root / split
     if not split_dir.is_dir():
         return found
+    prefix_length = len(str(root)) + 1
     for directory, _, files in os.walk(split_dir):
-        relative_dir = Path(directory).relative_to(root).as_posix()
+        relative_dir = directory[prefix_length:].replace(os.sep, "/")  # string slicing: 40k Path objects cost 0.5 s
         found.update(f"{relative_dir}/{name}" for name in files)
     return found
 
