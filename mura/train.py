@@ -79,11 +79,13 @@ def write_test_outputs(model, datamodule, output_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     metrics = train(cfg)
     value = metrics.get(cfg.get("optimized_metric"))
     if value is None:
-        log.warning("optimized_metric %s was not logged; sweepers get None", cfg.get("optimized_metric"))
+        # Kappa is undefined when a split holds one class; NaN lets a sweeper mark the trial failed and go on.
+        log.warning("optimized_metric %s was not logged; returning NaN to the sweeper", cfg.get("optimized_metric"))
+        return float("nan")
     return value
 
 

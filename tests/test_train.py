@@ -92,3 +92,17 @@ def test_two_job_multirun(synthetic_root: Path, tmp_path: Path):
         overrides = (sweep_dir / job / ".hydra" / "overrides.yaml").read_text()
         assert f"model.optimizer.lr={lr}" in overrides
         assert (sweep_dir / job / "metrics.json").is_file()
+
+
+def test_optuna_search_runs_trials_on_study_kappa(synthetic_root: Path, tmp_path: Path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep_dir = tmp_path / "optuna"
+    run_cli(
+        ["hparams_search=optuna", "experiment=demo", f"data.root={synthetic_root}", "data.synthetic=null", "data.num_workers=0",
+         "data.image_size=40", "trainer.max_epochs=1", "callbacks.gradcam.every_n_epochs=0", "hydra.sweeper.n_trials=2",
+         "hydra.sweeper.params={model.optimizer.lr:'interval(1e-4, 1e-2)'}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+    )
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "model.optimizer.lr" in results
+    assert (sweep_dir / "0" / "metrics.json").is_file() and (sweep_dir / "1" / "metrics.json").is_file()
