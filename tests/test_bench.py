@@ -23,5 +23,5 @@ def test_bench_writes_every_row_in_the_schema(synthetic_root: Path, tmp_path: Pa
         assert set(row) == {"kind", "recipe", "images_per_s", "peak_mem_gib", "config"}
         assert row["images_per_s"] > 0 and row["peak_mem_gib"] is None  # no CUDA here
     fit_ours = next(row for row in written["rows"] if row["kind"] == "fit" and row["recipe"] == "ours")
-    assert fit_ours["config"]["cache"] and fit_ours["config"]["augment_on_device"]
+    assert fit_ours["config"]["cache"] and not fit_ours["config"]["augment_on_device"]  # on a CPU the workers augment
     assert "| data" in bench_table(result) and "speed-up" in bench_table(result)
