@@ -13,7 +13,6 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import mura.resolvers  # noqa: F401 - registers ${mura.cuda:}
 from mura import speed
 from mura.data.index import build_index
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic

@@ -1,20 +1,24 @@
 """OmegaConf resolvers that make the configs' defaults fast wherever they run.
 
 `${mura.cuda:}` is true on a CUDA machine; `${mura.fast_precision:}` is bf16 autocast where the GPU supports
-it and full fp32 elsewhere (bf16 autocast slows CPU convolutions). Imported by every command module.
+it and full fp32 elsewhere (bf16 autocast slows CPU convolutions). Registered when `mura` is imported, so
+every command and every notebook resolves the same configs.
 """
 
 from __future__ import annotations
 
-import torch
 from omegaconf import OmegaConf
 
 
 def cuda_available() -> bool:
+    import torch  # imported when a config is resolved, not when `mura` is
+
     return torch.cuda.is_available()
 
 
 def fast_precision() -> str:
+    import torch
+
     return "bf16-mixed" if cuda_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
@@ -22,6 +26,3 @@ def register() -> None:
     for name, function in (("mura.cuda", cuda_available), ("mura.fast_precision", fast_precision)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
-
-
-register()

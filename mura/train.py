@@ -12,7 +12,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-import mura.resolvers  # noqa: F401 - registers ${mura.cuda:} and ${mura.fast_precision:}
 from mura.errors import exit_on_user_error
 from mura.evaluation.report import metrics_table, write_run_outputs
 
