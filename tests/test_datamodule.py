@@ -89,3 +89,9 @@ def test_synthetic_settings_generate_on_first_use(tmp_path: Path):
     assert (root / "train_image_paths.csv").is_file()
     datamodule.setup("fit")
     assert datamodule.has_split("test")
+
+
+def test_prepare_data_fails_fast_on_a_wrong_root(tmp_path: Path):
+    (tmp_path / "train_image_paths.csv").write_text("")
+    with pytest.raises(MuraDataError, match="train_labeled_studies.csv: missing"):
+        make_datamodule(tmp_path).prepare_data()

@@ -106,3 +106,15 @@ def test_optuna_search_runs_trials_on_study_kappa(synthetic_root: Path, tmp_path
     results = (sweep_dir / "optimization_results.yaml").read_text()
     assert "best_params" in results and "model.optimizer.lr" in results
     assert (sweep_dir / "0" / "metrics.json").is_file() and (sweep_dir / "1" / "metrics.json").is_file()
+
+
+def test_tensorboard_logger_receives_curves_and_gradcam_figures(synthetic_root: Path, tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import tiny_training_overrides
+    from mura.train import train
+
+    train(compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "logger=tensorboard", "trainer.max_epochs=1"]))
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert any(tag.startswith("gradcam/") for tag in events.Tags()["images"])
+    assert "val/study/kappa" in events.Tags()["scalars"]

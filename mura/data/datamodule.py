@@ -12,7 +12,14 @@ from torch.utils.data import DataLoader
 
 from mura.data.cache import ImageCache, open_or_build_cache
 from mura.data.dataset import MuraImageDataset, collate_samples
-from mura.data.index import BODY_PARTS, MuraDataError, build_index, parse_body_parts
+from mura.data.index import (
+    BODY_PARTS,
+    OFFICIAL_SPLITS,
+    MuraDataError,
+    build_index,
+    check_root,
+    parse_body_parts,
+)
 from mura.data.sampling import SeededSampler
 from mura.data.split import SPLITS_CSV_COLUMNS, assign_splits, split_table
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic
@@ -82,17 +89,23 @@ class MuraDataModule(pl.LightningDataModule):
     # -- Lightning hooks ---------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
+        """Generate the synthetic release if asked, then check that the root and its four CSVs exist, once,
+        before any worker or process starts (the full per-row checks run in `setup`)."""
         if self.synthetic is not None:
             if self.root is None:
                 raise MuraDataError("data.synthetic is set but data.root is not: say where to generate the data")
             ensure_synthetic(self.root, self.synthetic)
+        root = check_root(self.root)
+        for split in OFFICIAL_SPLITS:
+            for kind in ("image_paths", "labeled_studies"):
+                if not (root / f"{split}_{kind}.csv").is_file():
+                    raise MuraDataError(f"{root / f'{split}_{kind}.csv'}: missing; data.root must be the MURA-v1.1 folder itself")
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
-        if self.synthetic is not None:
-            # `prepare_data` is skipped when the module is used outside a Trainer (notebooks, evaluate).
-            self.prepare_data()
+        # A Trainer calls `prepare_data` first; notebooks and `mura.evaluate` use the module without one.
+        self.prepare_data()
         index = build_index(self.root, self.body_parts, on_bad_image=self.on_bad_image)
         splits = assign_splits(index, self.val_fraction, self.seed)
         # Study and image indices are global and fixed here, so study-level metrics stay exact under
