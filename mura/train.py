@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -51,6 +52,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 write_test_outputs(model, datamodule, output_dir)
             metrics.update({key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")})
     report_skipped(model.all_skipped_images(), output_dir, trainer.is_global_zero)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Lightning leaves the process group up; tearing it down here keeps gloo's threads from aborting at exit.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return metrics
 
 

@@ -135,9 +135,10 @@ class MuraClassifier(pl.LightningModule):
         report = metrics_report(images, threshold=self.hparams.threshold)
         self.reports[stage] = report
         self.predictions[stage] = images
-        self.log(f"{stage}/loss", loss.item(), prog_bar=stage != "train", sync_dist=False)
-        flat = flatten_for_logging(report, stage)
-        self.log_dict(flat, sync_dist=False)
+        # Every process computed these from the same gathered predictions: averaging them changes nothing,
+        # and keeps every rank's logged values (which checkpointing and early stopping read) in step.
+        self.log(f"{stage}/loss", loss.item(), prog_bar=stage != "train", sync_dist=True)
+        self.log_dict(flatten_for_logging(report, stage), sync_dist=True)
         if stage != "train":
             study = report["study"]["overall"]
             log.info(
