@@ -77,7 +77,11 @@ def _rod(draw: ImageDraw.ImageDraw, p0, p1, width: float, brightness: int) -> No
 def _bones(body_part: str, size: int, rng: np.random.Generator) -> list[tuple[tuple[float, float], tuple[float, float], float]]:
     """Rods (start, end, width) in a size x size frame, shaped per body part."""
     s = size
-    j = lambda scale=0.02: float(rng.normal(0, scale * s))  # noqa: E731 - a jitter, used inline below
+
+    def j(scale: float = 0.02) -> float:
+        """A small random jitter of a position, as a fraction of the frame."""
+        return float(rng.normal(0, scale * s))
+
     rods = []
     if body_part == "XR_HUMERUS":
         rods.append(((0.5 * s + j(), 0.08 * s), (0.5 * s + j(), 0.92 * s), 0.11 * s))
