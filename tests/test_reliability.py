@@ -171,3 +171,25 @@ def test_an_override_with_a_typo_is_refused_by_hydra(tmp_path: Path):
     result = run_train(["data.bach_size=4", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, check=False)
     assert result.returncode == 1
     assert "Could not override 'data.bach_size'" in result.stderr
+
+
+def test_nan_in_the_last_step_of_an_epoch_never_reaches_last_ckpt(synthetic_root: Path, tmp_path: Path, monkeypatch):
+    from mura.models.loss import StudyTypeWeightedBCE
+
+    original = StudyTypeWeightedBCE.forward
+    calls = {"train": 0}
+
+    def nan_on_the_fourth_training_step(self, logits, labels, parts):
+        loss = original(self, logits, labels, parts)
+        if torch.is_grad_enabled():  # training steps; validation runs without gradients
+            calls["train"] += 1
+            if calls["train"] == 4:  # the tiny tree has 4 training batches: the first epoch's last step
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(StudyTypeWeightedBCE, "forward", nan_on_the_fourth_training_step)
+    cfg = compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "+trainer.num_sanity_val_steps=0",
+                          "trainer.max_epochs=2"])
+    with pytest.raises(NonFiniteLossError, match=r"epoch 0, global step 3, batch 3"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
