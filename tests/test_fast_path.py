@@ -92,9 +92,10 @@ def test_cache_building_with_workers_matches_one_process(synthetic_root: Path, t
     assert all((single.pixels(i) == several.pixels(i)).all() for i in range(len(paths)))
 
 
-def test_eval_transform_of_uncached_images_still_resizes():
-    transform = build_transforms("paper", 20, 1, train=False, resize=False)
-    assert transform(torch.zeros(1, 20, 20, dtype=torch.uint8)).shape == (1, 20, 20)
+def test_resize_step_is_left_out_only_for_cached_images():
+    image = torch.zeros(1, 30, 20, dtype=torch.uint8)
+    assert build_transforms("paper", 24, 1, train=False, resize=True)(image).shape == (1, 24, 24)
+    assert build_transforms("paper", 24, 1, train=False, resize=False)(image).shape == (1, 30, 20)
 
 
 @pytest.mark.gpu
