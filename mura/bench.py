@@ -14,7 +14,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mura import speed
-from mura.data.index import build_index
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic
 from mura.errors import exit_on_user_error
 from mura.evaluation.inference import pick_device
@@ -35,14 +34,12 @@ def run_bench(cfg: DictConfig) -> dict:
         root = ensure_synthetic(Path(cfg.paths.data_dir) / "bench" / "MURA-v1.1",
                                 SyntheticConfig(**OmegaConf.to_container(cfg.synthetic, resolve=True)))
     root = Path(root)
-    table = build_index(root)
-    table = table[table["split"] == "train"].reset_index(drop=True).assign(study_idx=0, image_idx=lambda t: range(len(t)))
     cache_dir = Path(cfg.cache_dir)
     common = {"image_size": cfg.image_size, "channels": cfg.channels, "device": device}
     rows = []
     for recipe in ("baseline", "ours"):
         if "data" in cfg.runs:
-            rows.append(speed.measure_data(root, table, recipe, batch_size=cfg.data.batch_size, workers=cfg.workers,
+            rows.append(speed.measure_data(root, recipe, batch_size=cfg.data.batch_size, workers=cfg.workers,
                                            cache_dir=cache_dir, **common))
         if "train" in cfg.runs:
             rows.append(speed.measure_train_step(cfg.backbone, steps=cfg.train.steps, warmup=cfg.train.warmup,

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget  # noqa: E402
 from torch import nn  # noqa: E402
@@ -58,6 +59,17 @@ def overlay_figure(
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def study_heatmap_figure(
+    network: nn.Module, inputs: torch.Tensor, radiographs: list[np.ndarray], title: str
+) -> tuple[plt.Figure, np.ndarray]:
+    """Grad-CAM of every view of one study over its radiograph (resized to the network's input), and the views'
+    probabilities. `title` may hold `{probability}`: the study's probability (mean of its views)."""
+    maps, probabilities = gradcam_maps(network, inputs)
+    height, width = inputs.shape[-2:]
+    shown = [np.asarray(Image.fromarray(pixels).resize((width, height), Image.BILINEAR)) for pixels in radiographs]
+    return overlay_figure(shown, maps, probabilities, title.format(probability=probabilities.mean())), probabilities
 
 
 def save_figure(figure: plt.Figure, path: Path) -> None:

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from mura.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_grayscale
 from mura.data.index import BODY_PARTS
 from mura.data.transforms import build_transforms
-from mura.explain import gradcam_maps, overlay_figure, save_figure
+from mura.explain import save_figure, study_heatmap_figure
 from mura.models.classifier import MuraClassifier
 
 
@@ -100,11 +99,8 @@ def predict_study(
     result.probability = float(np.mean(probabilities))
     result.abnormal = bool(result.probability > hparams.threshold)
     if cam_dir is not None:
-        maps, _ = gradcam_maps(model.network, batch)
-        size = (hparams.image_size, hparams.image_size)
-        shown = [np.asarray(Image.fromarray(p).resize(size, Image.BILINEAR)) for p in pixels]
         verdict = "abnormal" if result.abnormal else "normal"
-        figure = overlay_figure(shown, maps, probabilities, f"{study.name}: p(abnormal) = {result.probability:.2f} ({verdict})")
+        figure, _ = study_heatmap_figure(model.network, batch, pixels, f"{study.name}: p(abnormal) = {{probability:.2f}} ({verdict})")
         target = cam_dir / f"{_slug(study)}.png"
         save_figure(figure, target)
         result.cam.append(str(target))

@@ -6,21 +6,16 @@ images_per_s (steady state, after warm-up), peak_mem_gib (CUDA only) and the con
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
-from mura.data.cache import open_or_build_cache
 from mura.data.datamodule import MuraDataModule
-from mura.data.dataset import MuraImageDataset, collate_samples
 from mura.data.device_augment import DeviceAugmentation
-from mura.data.sampling import SeededSampler
-from mura.data.transforms import build_transforms
+from mura.evaluation.inference import autocast_bf16
 from mura.models.backbones import build_backbone
 from mura.models.classifier import MuraClassifier
 from mura.models.loss import weighted_bce_with_logits
@@ -43,10 +38,6 @@ def _peak_gib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
-def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else contextlib.nullcontext()
-
-
 def row(kind: str, recipe: str, images: int, seconds: float, device: torch.device, config: dict) -> dict:
     return {"kind": kind, "recipe": recipe, "images_per_s": round(images / seconds, 1), "peak_mem_gib": _peak_gib(device),
             "config": config}
@@ -55,30 +46,36 @@ def row(kind: str, recipe: str, images: int, seconds: float, device: torch.devic
 # -- (a) the input pipeline --------------------------------------------------------------------------------
 
 
+def _train_loader_datamodule(
+    root: Path, image_size: int, channels: int, batch_size: int, workers: int, device: torch.device,
+    cache: bool, augment_on_device: bool, cache_dir: Path,
+) -> MuraDataModule:
+    """The package's own data path over the official train split, cache built before any timing."""
+    datamodule = MuraDataModule(
+        root=str(root), image_size=image_size, recipe="paper", channels=channels, batch_size=batch_size,
+        num_workers=workers, val_fraction=0.0, seed=0, pin_memory=device.type == "cuda", persistent_workers=False,
+        cache=cache, cache_dir=str(cache_dir), augment_on_device=augment_on_device,
+    )
+    datamodule.setup("fit")
+    if cache:
+        datamodule.image_cache("train")  # made once and reused across runs, so not part of the throughput
+    return datamodule
+
+
 def measure_data(
-    root: Path, table, recipe_name: str, image_size: int, channels: int, batch_size: int, workers: int,
+    root: Path, recipe_name: str, image_size: int, channels: int, batch_size: int, workers: int,
     device: torch.device, cache_dir: Path, warmup_batches: int = 2,
 ) -> dict:
     """Decode, resize, augment, collate and move to the device. `ours` reads the cache and, on a GPU, augments
     whole batches there; on a CPU the workers augment (they are the cores a batched warp would use)."""
     ours = recipe_name == "ours"
     on_device = ours and device.type == "cuda"
-    build_seconds = None
-    if ours:
-        started = time.perf_counter()
-        cache = open_or_build_cache(root, table["path"].tolist(), image_size, cache_dir, workers=max(1, workers), progress=False)
-        build_seconds = round(time.perf_counter() - started, 2)
-        transform = None if on_device else build_transforms("paper", image_size, channels, train=True, resize=False)
-        dataset = MuraImageDataset(table, root, transform, cache=cache)
-    else:
-        dataset = MuraImageDataset(table, root, build_transforms("paper", image_size, channels, train=True))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=SeededSampler(len(dataset), 0, shuffle=True, augment=True),
-                        num_workers=workers, collate_fn=collate_samples, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
-    augment = DeviceAugmentation("paper", channels).to(device)
+    datamodule = _train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=ours,
+                                          augment_on_device=on_device, cache_dir=cache_dir)
+    augment = DeviceAugmentation("paper", channels).to(device)  # what MuraClassifier.preprocess does
     _reset_peak(device)
     images, started = 0, None
-    for number, batch in enumerate(loader):
+    for number, batch in enumerate(datamodule.train_dataloader()):
         tensor = batch["image"].to(device, non_blocking=True)
         if on_device:
             tensor = augment(tensor, batch["augment_seed"].tolist())
@@ -88,11 +85,10 @@ def measure_data(
         elif number >= warmup_batches:
             images += len(tensor)
     seconds = time.perf_counter() - started
-    config = {"image_size": image_size, "batch_size": batch_size, "workers": workers, "images": len(dataset),
+    config = {"image_size": image_size, "batch_size": batch_size, "workers": workers,
+              "images": len(datamodule.split_frame("train")),
               "pipeline": ("memory-mapped cache + batch augmentation on the GPU" if on_device
                            else "memory-mapped cache + torchvision v2 in workers" if ours else "PIL decode + torchvision v2 in workers")}
-    if build_seconds is not None:
-        config["cache_build_s_not_counted"] = build_seconds
     return row("data", recipe_name, images, seconds, device, config)
 
 
@@ -116,7 +112,7 @@ def measure_train_step(
         if step == warmup:
             _sync(device)
             started = time.perf_counter()
-        with _autocast(device, bf16):
+        with autocast_bf16(device, bf16):
             loss = weighted_bce_with_logits(network(images).squeeze(1), labels, weights, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -157,14 +153,8 @@ def measure_fit(
     bf16: bool, channels_last: bool, cache: bool, augment_on_device: bool, batches: int, warmup: int,
     device: torch.device, cache_dir: Path,
 ) -> dict:
-    datamodule = MuraDataModule(
-        root=str(root), image_size=image_size, recipe="paper", channels=channels, batch_size=batch_size,
-        num_workers=workers, val_fraction=0.0, seed=0, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        cache=cache, cache_dir=str(cache_dir), augment_on_device=augment_on_device,
-    )
-    datamodule.setup("fit")
-    if cache:
-        datamodule.image_cache("train")  # built before timing: the cache is made once and reused across runs
+    datamodule = _train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=cache,
+                                          augment_on_device=augment_on_device, cache_dir=cache_dir)
     model = MuraClassifier(backbone=backbone, in_channels=channels, image_size=image_size, channels_last=channels_last,
                            optimizer=lambda params: torch.optim.Adam(params, lr=1e-4), scheduler=None)
     timer = _SteadyStateTimer(warmup)
@@ -201,7 +191,7 @@ def measure_inference(
             if step == warmup:
                 _sync(device)
                 started = time.perf_counter()
-            with _autocast(device, bf16):
+            with autocast_bf16(device, bf16):
                 network(images)
     _sync(device)
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,

@@ -101,14 +101,12 @@ else:
         new_code_cell('''import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from mura.data.images import load_grayscale
 from mura.data.transforms import build_transforms
-from mura.explain import gradcam_maps, overlay_figure
+from mura.explain import study_heatmap_figure
 from mura.models.checkpoint import load_classifier
 ''' + NEWEST_RUN + '''
 run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))
@@ -123,10 +121,8 @@ for study in studies:
     views = val[val["study"] == study].head(4)
     raw = [load_grayscale(root / path) for path in views["path"]]
     batch = torch.stack([transform(torch.from_numpy(p).unsqueeze(0)) for p in raw])
-    maps, probabilities = gradcam_maps(model.network, batch)
-    shown = [np.asarray(Image.fromarray(p).resize((hp.image_size, hp.image_size))) for p in raw]
     truth = "abnormal" if views["label"].iloc[0] else "normal"
-    overlay_figure(shown, maps, probabilities, f"{study} (truth: {truth})")'''),
+    study_heatmap_figure(model.network, batch, raw, f"{study} (truth: {truth}), p(abnormal) = {{probability:.2f}}")'''),
     ],
 }
 

@@ -26,8 +26,8 @@ def datamodule(root: Path, tmp_path: Path, **overrides) -> MuraDataModule:
 
 @pytest.mark.parametrize("recipe", ["paper", "seed"])
 def test_cached_evaluation_images_equal_the_plain_path(synthetic_root: Path, tmp_path: Path, recipe: str):
-    plain = datamodule(synthetic_root, tmp_path, recipe=recipe).dataset("val")
-    cached = datamodule(synthetic_root, tmp_path, recipe=recipe, cache=True).dataset("val")
+    plain = datamodule(synthetic_root, tmp_path, recipe=recipe).dataset("val", augment=False)
+    cached = datamodule(synthetic_root, tmp_path, recipe=recipe, cache=True).dataset("val", augment=False)
     assert cached.cache is not None and len(cached) == len(plain)
     for index in range(0, len(plain), 3):
         assert torch.equal(plain[index]["image"], cached[index]["image"]), plain.paths[index]
@@ -35,8 +35,8 @@ def test_cached_evaluation_images_equal_the_plain_path(synthetic_root: Path, tmp
 
 @pytest.mark.parametrize("recipe,channels", [("paper", 3), ("paper", 1), ("seed", 1)])
 def test_device_normalisation_equals_the_cpu_pipeline(synthetic_root: Path, tmp_path: Path, recipe: str, channels: int):
-    raw = datamodule(synthetic_root, tmp_path, recipe=recipe, channels=channels, augment_on_device=True).dataset("val")
-    plain = datamodule(synthetic_root, tmp_path, recipe=recipe, channels=channels).dataset("val")
+    raw = datamodule(synthetic_root, tmp_path, recipe=recipe, channels=channels, augment_on_device=True).dataset("val", augment=False)
+    plain = datamodule(synthetic_root, tmp_path, recipe=recipe, channels=channels).dataset("val", augment=False)
     batch = torch.stack([raw[i]["image"] for i in range(4)])
     assert batch.dtype == torch.uint8
     on_device = DeviceAugmentation(recipe, channels)(batch, seeds=None)
@@ -78,10 +78,10 @@ def test_a_bad_image_in_the_cache_is_an_error_or_a_skip(writable_root: Path, tmp
     module = datamodule(writable_root, tmp_path)
     victim = module.split_frame("val")["path"].iloc[1]
     (writable_root / victim).write_bytes(b"broken")
-    erroring = datamodule(writable_root, tmp_path, cache=True).dataset("val")
+    erroring = datamodule(writable_root, tmp_path, cache=True).dataset("val", augment=False)
     with pytest.raises(ImageDecodeError, match=victim):
         erroring[1]
-    skipping = datamodule(writable_root, tmp_path, cache=True, on_bad_image="skip").dataset("val")
+    skipping = datamodule(writable_root, tmp_path, cache=True, on_bad_image="skip").dataset("val", augment=False)
     assert skipping[1] == {"skipped": victim, "reason": skipping.cache.failures[1]}
 
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 
 from mura.data.images import load_grayscale
 from mura.data.transforms import build_transforms
-from mura.explain import gradcam_maps, overlay_figure, save_figure
+from mura.explain import save_figure, study_heatmap_figure
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +66,10 @@ class GradCamGallery(pl.Callback):
             views = study.head(self.max_views)
             raw = [load_grayscale(Path(datamodule.root) / path) for path in views["path"]]
             inputs = torch.stack([transform(torch.from_numpy(pixels).unsqueeze(0)) for pixels in raw])
-            maps, probabilities = gradcam_maps(pl_module.network, inputs)
-            size = (hparams.image_size, hparams.image_size)
-            shown = [np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR)) for pixels in raw]
             first = views.iloc[0]
             label = "abnormal" if first["label"] == 1 else "normal"
-            title = (f"{first['body_part']} {first['patient']}: truth {label}, study p(abnormal) = "
-                     f"{probabilities.mean():.2f} ({when})")
-            figure = overlay_figure(shown, maps, probabilities, title)
+            title = f"{first['body_part']} {first['patient']}: truth {label}, study p(abnormal) = {{probability:.2f}} ({when})"
+            figure, _ = study_heatmap_figure(pl_module.network, inputs, raw, title)
             name = f"{first['body_part']}_{first['patient']}_{Path(first['study']).name}"
             for logger in trainer.loggers:
                 if isinstance(logger, pl.loggers.TensorBoardLogger):

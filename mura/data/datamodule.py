@@ -121,15 +121,15 @@ class MuraDataModule(pl.LightningDataModule):
         table = split_table(splits)
         log.info("split table (%s):\n%s", self.root, table.to_string(index=False))
         if self.splits_dir is not None:
-            self.write_splits(self.splits_dir)
+            self.write_splits(self.splits_dir, table)
 
     # -- what the rest of the package asks for -----------------------------------------------------------
 
-    def write_splits(self, directory: str | Path) -> None:
+    def write_splits(self, directory: str | Path, table: pd.DataFrame) -> None:
+        """splits.csv (a row per image) and the split table (`split_table(self.splits)`) as CSV and Markdown."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.splits[SPLITS_CSV_COLUMNS].to_csv(directory / "splits.csv", index=False)
-        table = split_table(self.splits)
         table.to_csv(directory / "split_table.csv", index=False)
         (directory / "split_table.md").write_text(table.to_markdown(index=False) + "\n")
 
@@ -149,11 +149,10 @@ class MuraDataModule(pl.LightningDataModule):
             counts[body_part] = {"normal": int((labels == 0).sum()), "abnormal": int((labels == 1).sum())}
         return counts
 
-    def dataset(self, split: str, train_transforms: bool | None = None) -> MuraImageDataset:
+    def dataset(self, split: str, augment: bool) -> MuraImageDataset:
         frame = self.split_frame(split)
         if frame.empty:
             raise MuraDataError(_empty_split_message(split, self.root, self.body_parts))
-        augment = split == "train" if train_transforms is None else train_transforms
         cache = self.image_cache(split) if self.cache else None
         if self.augment_on_device:  # uint8 out, resized: the model augments and normalises on its device
             transform = None if cache is not None else ResizeSquare(self.image_size)
@@ -170,9 +169,10 @@ class MuraDataModule(pl.LightningDataModule):
         return self._caches[split]
 
     def dataloader(self, split: str, shuffle: bool | None = None, train_transforms: bool | None = None) -> DataLoader:
+        """Batches of one split; by default the train split is shuffled and augmented, the others are not."""
         is_train = split == "train"
-        dataset = self.dataset(split, train_transforms)
         augment = is_train if train_transforms is None else train_transforms
+        dataset = self.dataset(split, augment)
         sampler = SeededSampler(len(dataset), self.seed, shuffle=is_train if shuffle is None else shuffle, augment=augment)
         return DataLoader(
             dataset,
@@ -192,9 +192,6 @@ class MuraDataModule(pl.LightningDataModule):
         return self.dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self.dataloader("test")
-
-    def predict_dataloader(self) -> DataLoader:
         return self.dataloader("test")
 
     def _require_setup(self) -> None:

@@ -23,7 +23,8 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _autocast(device: torch.device, bf16: bool):
+def autocast_bf16(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; a no-op elsewhere (bf16 autocast slows CPU convolutions)."""
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -43,7 +44,7 @@ def predict_images(
     """
     device = next(model.parameters()).device
     rows, skipped = [], []
-    with torch.inference_mode(), _autocast(device, bf16):
+    with torch.inference_mode(), autocast_bf16(device, bf16):
         for batch in tqdm(loader, desc="predicting", unit="batch", disable=not progress):
             skipped.extend(batch.get("skipped", []))
             if batch["image"] is None:

@@ -124,6 +124,11 @@ def metrics_report(
     return report
 
 
+def format_metric(value: float | None) -> str:
+    """Three decimals, or n/a for an undefined metric (None)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def flatten_for_logging(report: dict, prefix: str) -> dict[str, float]:
     """{"val/study/kappa": ..., "val/study/XR_WRIST/kappa": ...}: the scalar, defined entries of a report."""
     flat = {}

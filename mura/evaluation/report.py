@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import auc, confusion_matrix, roc_curve  # noqa: E402
 
-from mura.evaluation.metrics import aggregate_studies  # noqa: E402
+from mura.evaluation.metrics import aggregate_studies, format_metric  # noqa: E402
 from mura.evaluation.reference import PAPER_KAPPA, PAPER_SOURCE  # noqa: E402
 
 
@@ -39,14 +39,14 @@ def metrics_table(report: dict, level: str = "study") -> pd.DataFrame:
             {
                 level: name,
                 "n": metrics["n"],
-                "kappa": _fmt(metrics["kappa"]),
+                "kappa": format_metric(metrics["kappa"]),
                 "kappa 95% CI": _fmt_ci(metrics.get("kappa_ci95")),
                 **({"kappa 95% CI (bootstrap)": _fmt_ci(metrics["kappa_ci95_bootstrap"])} if "kappa_ci95_bootstrap" in metrics else {}),
-                "AUROC": _fmt(metrics["auroc"]),
+                "AUROC": format_metric(metrics["auroc"]),
                 **({"AUROC 95% CI (bootstrap)": _fmt_ci(metrics["auroc_ci95_bootstrap"])} if "auroc_ci95_bootstrap" in metrics else {}),
-                "accuracy": _fmt(metrics["accuracy"]),
-                "sensitivity": _fmt(metrics["sensitivity"]),
-                "specificity": _fmt(metrics["specificity"]),
+                "accuracy": format_metric(metrics["accuracy"]),
+                "sensitivity": format_metric(metrics["sensitivity"]),
+                "specificity": format_metric(metrics["specificity"]),
             }
         )
     return pd.DataFrame(rows)
@@ -62,7 +62,7 @@ def comparison_table(report: dict) -> pd.DataFrame:
             {
                 "study type": name,
                 "studies": metrics["n"],
-                "this model": f"{_fmt(metrics['kappa'])} ({_fmt_ci(metrics['kappa_ci95'])})",
+                "this model": f"{format_metric(metrics['kappa'])} ({_fmt_ci(metrics['kappa_ci95'])})",
                 "paper model": f"{paper_model:.3f}" + (f" ({paper_ci[0]:.3f}-{paper_ci[1]:.3f})" if paper_ci else ""),
                 "radiologist 1": f"{rad1:.3f}",
                 "radiologist 2": f"{rad2:.3f}",
@@ -183,10 +183,6 @@ def write_run_outputs(
     (output_dir / "report.md").write_text(report_markdown(report, title, split_description, checkpoints))
     plot_roc(studies, output_dir / "roc.png")
     plot_confusion(studies, threshold, output_dir / "confusion.png")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _fmt_ci(interval: list[float] | None) -> str:

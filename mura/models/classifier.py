@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 from mura import __version__
 from mura.data.device_augment import DeviceAugmentation
 from mura.data.index import BODY_PARTS
-from mura.evaluation.metrics import flatten_for_logging, metrics_report
+from mura.evaluation.metrics import flatten_for_logging, format_metric, metrics_report
 from mura.evaluation.store import PredictionStore, predictions_frame
 from mura.models.backbones import build_backbone
 from mura.models.loss import StudyTypeWeightedBCE
@@ -154,7 +153,7 @@ class MuraClassifier(pl.LightningModule):
             study = report["study"]["overall"]
             log.info(
                 "epoch %d %s: loss %.4f, study kappa %s, study AUROC %s (%d studies)", self.current_epoch, stage,
-                loss.item(), _fmt(study["kappa"]), _fmt(study["auroc"]), study["n"],
+                loss.item(), format_metric(study["kappa"]), format_metric(study["auroc"]), study["n"],
             )
 
     def on_validation_epoch_end(self) -> None:
@@ -213,7 +212,3 @@ class MuraClassifier(pl.LightningModule):
             torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
