@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from pathlib import Path
 
@@ -83,13 +84,21 @@ def write_test_outputs(model, datamodule, output_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
-def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
-    value = metrics.get(cfg.get("optimized_metric"))
-    if value is None:
-        # Kappa is undefined when a split holds one class; NaN lets a sweeper mark the trial failed and go on.
-        log.warning("optimized_metric %s was not logged; returning NaN to the sweeper", cfg.get("optimized_metric"))
-        return float("nan")
+def main(cfg: DictConfig) -> float | None:
+    return sweep_value(train(cfg), cfg.get("optimized_metric"))
+
+
+def sweep_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """What a sweeper optimises. None, not NaN, when the metric is missing or undefined (kappa of a validation
+    split that holds one class): the Optuna sweeper records such a trial as failed and goes on (with
+    max_failure_rate 1.0, conf/hparams_search/optuna.yaml), while a NaN stops the whole search."""
+    if name is None:
+        return None
+    value = metrics.get(name)
+    if value is None or math.isnan(value):
+        log.warning("optimized_metric %s is %s; this trial reports no value to the sweeper", name,
+                    "not logged" if value is None else "undefined (NaN)")
+        return None
     return value
 
 

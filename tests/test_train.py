@@ -94,18 +94,28 @@ def test_two_job_multirun(synthetic_root: Path, tmp_path: Path):
         assert (sweep_dir / job / "metrics.json").is_file()
 
 
-def test_optuna_search_runs_trials_on_study_kappa(synthetic_root: Path, tmp_path: Path):
+def test_optuna_search_goes_on_past_a_trial_without_a_value(synthetic_root: Path, tmp_path: Path):
+    """A trial whose metric is missing or undefined (kappa of a one-class validation split) is recorded as failed
+    and the search goes on. Two trials, one scored on a metric that is never logged (which one is the seeded
+    sampler's draw: val/undefined first, then val/study/kappa)."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = tmp_path / "optuna"
-    run_cli(
+    result = run_cli(
         ["hparams_search=optuna", "experiment=demo", f"data.root={synthetic_root}", "data.synthetic=null", "data.num_workers=0",
-         "data.image_size=40", "trainer.max_epochs=1", "callbacks.gradcam.every_n_epochs=0", "hydra.sweeper.n_trials=2",
-         "hydra.sweeper.params={model.optimizer.lr:'interval(1e-4, 1e-2)'}", f"hydra.sweep.dir={sweep_dir}"],
+         "data.image_size=40", "trainer.max_epochs=1", "callbacks.gradcam.every_n_epochs=0",
+         "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=0",
+         # every searched setting pinned but the metric; a `+` key, since the params node takes no new keys otherwise
+         "hydra.sweeper.params={model.optimizer.lr:'choice(1e-3)',model.optimizer.weight_decay:'choice(0.0)',"
+         "data.batch_size:'choice(16)',data.image_size:'choice(40)'}",
+         "+hydra.sweeper.params.optimized_metric='choice(val/study/kappa,val/undefined)'",
+         f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path,
     )
     results = (sweep_dir / "optimization_results.yaml").read_text()
-    assert "best_params" in results and "model.optimizer.lr" in results
+    assert "optimized_metric: val/study/kappa" in results and "model.optimizer.lr" in results
     assert (sweep_dir / "0" / "metrics.json").is_file() and (sweep_dir / "1" / "metrics.json").is_file()
+    assert "optimized_metric val/undefined is not logged" in result.stderr
+    assert "Failed experiment" in result.stdout + result.stderr  # the sweeper's word for a trial recorded as failed
 
 
 def test_tensorboard_logger_receives_curves_and_gradcam_figures(synthetic_root: Path, tmp_path: Path):
