@@ -1,37 +1,51 @@
 #!/usr/bin/env bash
-# The whole speed measurement in one command, on a GPU machine with no network (under 8 minutes on one H100):
-# generate realistic synthetic PNGs (longest side 512), run `python -m mura.bench` at full size (DenseNet-169,
-# 320 px), print the table. Results land in $OUT (the device tool's output folder) or outputs/bench_gpu.
+# Every GPU check of the project in one command, on a GPU machine with no network (sized for under 8 minutes
+# on one H100; not yet run on one):
+#   1. the GPU-only tests (tests/test_cuda.py: device augmentation CUDA vs CPU, a bf16 fast-path training run);
+#   2. `python -m mura.bench bench_preset=gpu`: synthetic PNGs with MURA's longest side (512), DenseNet-169 at
+#      320 px, the paper's recipe against ours, then the tries (fused Adam, batch 256, CUDA graphs), one table.
+# bench.json, the table and the logs land in $OUT (the device tool's output folder) or outputs/bench_gpu.
 #
-#   bash benchmarks/gpu_check.sh
+#   bash benchmarks/fetch_gpu_wheels.sh       # here, with a registry: the packages the GPU image lacks -> .whl/
+#   bash benchmarks/gpu_check.sh [OVERRIDES]  # there; extra arguments are Hydra overrides for mura.bench
 #
-# Needs the package's dependencies importable (torch with CUDA, pytorch-lightning, hydra-core, ...); the package
-# itself is used from this checkout.
+# The package is used from this checkout; wheels in .whl/ (if any) are installed to /tmp/site first.
+# REQUIRE_CUDA=0 runs it without a GPU (a smoke test of the script itself, with small overrides).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 out=${OUT:-outputs/bench_gpu}
 mkdir -p "$out"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 
 "$PYTHON" - <<'PY'
-import importlib, sys
-missing = [m for m in ("torch", "torchvision", "pytorch_lightning", "hydra", "torchmetrics", "sklearn", "pandas", "tabulate", "pytorch_grad_cam", "tqdm") if importlib.util.find_spec(m) is None]
+import importlib.util, os, sys
+needed = ("torch", "torchvision", "pytorch_lightning", "hydra", "omegaconf", "torchmetrics", "sklearn", "pandas",
+          "tabulate", "pytorch_grad_cam", "tqdm", "matplotlib", "pytest")
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
 if missing:
-    sys.exit(f"missing packages: {missing}; install the project's dependencies first (pip install -e .)")
+    sys.exit(f"missing packages: {missing}; run benchmarks/fetch_gpu_wheels.sh where pip works and carry .whl/")
 import torch
-if not torch.cuda.is_available():
+if os.environ.get("REQUIRE_CUDA", "1") != "0" and not torch.cuda.is_available():
     sys.exit("no CUDA device visible")
-print("GPU:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CPU threads:", torch.get_num_threads())
+device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+print(f"{device} | torch {torch.__version__} | CPU threads {torch.get_num_threads()} | cores {os.cpu_count()}")
 PY
 
+# The tests first: if the fast path is broken on CUDA the speed numbers mean nothing. Their failure is
+# reported but the bench still runs, so one call measures everything it can.
+tests_rc=0
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/gpu_tests.log" || tests_rc=$?
+
 workers=$(( $(nproc) > 16 ? 16 : $(nproc) ))
-time "$PYTHON" -m mura.bench \
-  device=cuda backbone=densenet169 image_size=320 channels=3 workers="$workers" \
-  synthetic.train_patients_per_part=200 synthetic.valid_patients_per_part=1 synthetic.workers="$workers" \
-  data.batch_size=128 \
-  train.steps=20 train.warmup=5 train.ours.batch_size=128 \
-  fit.batches=25 fit.warmup=5 fit.ours.batch_size=128 \
-  infer.steps=20 infer.warmup=5 infer.baseline.batch_size=32 infer.ours.batch_size=256 \
-  paths.data_dir="$out/data" hydra.run.dir="$out" 2>"$out/bench_stderr.log"
-rm -rf "$out/data"
+data_dir=${TMPDIR:-/tmp}/mura_bench_data   # thousands of PNGs: kept out of $OUT
+time "$PYTHON" -m mura.bench bench_preset=gpu workers="$workers" synthetic.workers="$workers" \
+  paths.data_dir="$data_dir" hydra.run.dir="$out" "$@" 2>"$out/bench_stderr.log" | tee "$out/bench_table.md"
+rm -rf "$data_dir"
+echo "gpu tests exit status: $tests_rc"
+exit "$tests_rc"

@@ -27,8 +27,16 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
 
 
+MAIN_KINDS = ("data", "train", "fit", "infer")
+
+
 def run_bench(cfg: DictConfig) -> dict:
+    """Every measurement in cfg.runs for both recipes, then the tries (variants of `ours`). bench.json is rewritten
+    after each one, so a run stopped part-way keeps what it measured; a measurement that fails is logged and listed
+    under not_measured, and the others go on."""
     device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # for both recipes alike, so only what the recipes name differs
     root = cfg.data_root
     if root is None:
         root = ensure_synthetic(Path(cfg.paths.data_dir) / "bench" / "MURA-v1.1",
@@ -36,36 +44,78 @@ def run_bench(cfg: DictConfig) -> dict:
     root = Path(root)
     cache_dir = Path(cfg.cache_dir)
     common = {"image_size": cfg.image_size, "channels": cfg.channels, "device": device}
-    rows = []
-    for recipe in ("baseline", "ours"):
-        if "data" in cfg.runs:
-            rows.append(speed.measure_data(root, recipe, batch_size=cfg.data.batch_size, workers=cfg.workers,
-                                           cache_dir=cache_dir, **common))
-        if "train" in cfg.runs:
-            rows.append(speed.measure_train_step(cfg.backbone, steps=cfg.train.steps, warmup=cfg.train.warmup,
-                                                 recipe_name=recipe, **cfg.train[recipe], **common))
-        if "fit" in cfg.runs:
-            rows.append(speed.measure_fit(root, recipe, cfg.backbone, workers=cfg.workers, batches=cfg.fit.batches,
-                                          warmup=cfg.fit.warmup, cache_dir=cache_dir, **cfg.fit[recipe], **common))
-        if "infer" in cfg.runs:
-            rows.append(speed.measure_inference(cfg.backbone, steps=cfg.infer.steps, warmup=cfg.infer.warmup,
-                                                recipe_name=recipe, **cfg.infer[recipe], **common))
-    result = {"device": device_name(device), "rows": rows}
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "bench.json").write_text(json.dumps(result, indent=2))
+    measures = {
+        "data": lambda recipe, settings: speed.measure_data(root, recipe, batch_size=settings["batch_size"], workers=cfg.workers,
+                                                            cache_dir=cache_dir, **common),
+        "train": lambda recipe, settings: speed.measure_train_step(cfg.backbone, steps=cfg.train.steps, warmup=cfg.train.warmup,
+                                                                   recipe_name=recipe, **settings, **common),
+        "fit": lambda recipe, settings: speed.measure_fit(root, recipe, cfg.backbone, workers=cfg.workers, batches=cfg.fit.batches,
+                                                          warmup=cfg.fit.warmup, cache_dir=cache_dir, **settings, **common),
+        "infer": lambda recipe, settings: speed.measure_inference(cfg.backbone, steps=cfg.infer.steps, warmup=cfg.infer.warmup,
+                                                                  recipe_name=recipe, **settings, **common),
+    }
+    plan = [(kind, recipe, None, _settings(cfg, kind, recipe)) for recipe in ("baseline", "ours") for kind in MAIN_KINDS
+            if kind in cfg.runs]
+    for name, try_settings in (cfg.get("tries") or {}).items():
+        settings = OmegaConf.to_container(try_settings, resolve=True)
+        kind = settings.pop("kind")
+        plan.append((kind, "ours", name, {**_settings(cfg, kind, "ours"), **settings}))
+
+    result = {"device": device_name(device), "rows": [], "not_measured": []}
+    output_path = Path(cfg.paths.output_dir) / "bench.json"
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    for kind, recipe, variant, settings in plan:
+        label = f"{kind}/{recipe}" + (f"/{variant}" if variant else "")
+        log.info("measuring %s", label)
+        try:
+            measured = measures[kind](recipe, settings)
+        except speed.NeedsCuda as exc:
+            result["not_measured"].append({"kind": kind, "recipe": recipe, "variant": variant, "reason": str(exc)})
+        except Exception as exc:  # one broken measurement must not lose the others (a GPU run is one command)
+            log.exception("%s failed", label)
+            result["not_measured"].append({"kind": kind, "recipe": recipe, "variant": variant,
+                                           "reason": f"{type(exc).__name__}: {exc}"})
+        else:
+            if variant:
+                measured["config"]["variant"] = variant
+            result["rows"].append(measured)
+        output_path.write_text(json.dumps(result, indent=2))
     return result
 
 
+def _settings(cfg: DictConfig, kind: str, recipe: str) -> dict:
+    """A recipe's settings for one kind of measurement; the data pipeline has one batch size for both."""
+    if kind == "data":
+        return {"batch_size": cfg.data.batch_size}
+    return OmegaConf.to_container(cfg[kind][recipe], resolve=True)
+
+
 def bench_table(result: dict) -> str:
+    """The recipes side by side, then each try against `ours` of its kind, then what was not measured."""
     frame = pd.DataFrame(result["rows"])
-    wide = frame.pivot(index="kind", columns="recipe", values="images_per_s").reindex(["data", "train", "fit", "infer"]).dropna(how="all")
-    memory = frame.pivot(index="kind", columns="recipe", values="peak_mem_gib").reindex(wide.index)
-    table = pd.DataFrame({
-        "baseline img/s": wide["baseline"], "ours img/s": wide["ours"], "speed-up": (wide["ours"] / wide["baseline"]).round(2),
-        "baseline peak GiB": memory["baseline"], "ours peak GiB": memory["ours"],
-    })
-    return f"device: {result['device']}\n" + table.to_markdown()
+    lines = [f"device: {result['device']}"]
+    if not frame.empty:
+        variant = frame["config"].map(lambda config: config.get("variant"))
+        main = frame[variant.isna()]
+        wide = main.pivot(index="kind", columns="recipe", values="images_per_s").reindex(
+            [kind for kind in MAIN_KINDS if kind in set(main["kind"])])
+        memory = main.pivot(index="kind", columns="recipe", values="peak_mem_gib").reindex(wide.index)
+        wide, memory = wide.reindex(columns=["baseline", "ours"]), memory.reindex(columns=["baseline", "ours"])
+        lines.append(pd.DataFrame({
+            "baseline img/s": wide["baseline"], "ours img/s": wide["ours"], "speed-up": (wide["ours"] / wide["baseline"]).round(2),
+            "baseline peak GiB": memory["baseline"], "ours peak GiB": memory["ours"],
+        }).to_markdown())
+        tries = frame[variant.notna()]
+        if not tries.empty:
+            ours = wide["ours"]
+            lines.append("\ntries (variants of ours):\n" + pd.DataFrame({
+                "try": variant[variant.notna()], "kind": tries["kind"], "img/s": tries["images_per_s"],
+                "vs ours": (tries["images_per_s"] / tries["kind"].map(ours)).round(2), "peak GiB": tries["peak_mem_gib"],
+            }).to_markdown(index=False))
+    for missing in result["not_measured"]:
+        name = "/".join(part for part in (missing["kind"], missing["recipe"], missing["variant"]) if part)
+        lines.append(f"not measured: {name}: {missing['reason']}")
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")

@@ -84,6 +84,9 @@ def measure_data(
             started = time.perf_counter()
         elif number >= warmup_batches:
             images += len(tensor)
+    if started is None or images == 0:
+        raise ValueError(f"the train split has at most {warmup_batches} batches of {batch_size}: nothing was timed "
+                         "after the warm-up; measure on more images or a smaller data.batch_size")
     seconds = time.perf_counter() - started
     config = {"image_size": image_size, "batch_size": batch_size, "workers": workers,
               "images": len(datamodule.split_frame("train")),
@@ -95,32 +98,75 @@ def measure_data(
 # -- (b) the model alone -----------------------------------------------------------------------------------
 
 
+class NeedsCuda(RuntimeError):
+    """A variant that only exists on a CUDA device (reported as not measured, not as a failure)."""
+
+
 def measure_train_step(
     backbone: str, image_size: int, channels: int, batch_size: int, bf16: bool, channels_last: bool,
-    steps: int, warmup: int, device: torch.device, recipe_name: str,
+    steps: int, warmup: int, device: torch.device, recipe_name: str, fused_adam: bool = False, cuda_graph: bool = False,
 ) -> dict:
+    """Forward, weighted BCE, backward and an Adam step on one fixed batch. `cuda_graph` captures the whole step
+    once and replays it (no per-kernel launch cost; the input is copied into the captured buffer each step)."""
+    if cuda_graph and device.type != "cuda":
+        raise NeedsCuda("CUDA graphs need a CUDA device")
     network = build_backbone(backbone, channels, image_size).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     network = network.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    # capturable: Adam keeps its step count on the device, which a graph replay needs.
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, fused=fused_adam or None, capturable=cuda_graph)
     images = torch.randn(batch_size, channels, image_size, image_size, device=device).contiguous(memory_format=memory_format)
     labels = (torch.rand(batch_size, device=device) > 0.5).float()
     weights = torch.full((batch_size,), 0.5, device=device)
-    _reset_peak(device)
-    started = None
-    for step in range(warmup + steps):
-        if step == warmup:
-            _sync(device)
-            started = time.perf_counter()
-        with autocast_bf16(device, bf16):
-            loss = weighted_bce_with_logits(network(images).squeeze(1), labels, weights, weights)
-        optimizer.zero_grad(set_to_none=True)
+
+    def step(batch: torch.Tensor) -> None:
+        # The autocast cache must be off inside a graph capture (its casts would be captured once and go stale).
+        with autocast_bf16(device, bf16, cache_enabled=not cuda_graph):
+            loss = weighted_bce_with_logits(network(batch).squeeze(1), labels, weights, weights)
         loss.backward()
         optimizer.step()
+
+    def eager_step(batch: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        step(batch)
+
+    run_step = _captured_step(step, eager_step, optimizer, images, warmup, device) if cuda_graph else eager_step
+    _reset_peak(device)
+    started = None
+    for number in range(warmup + steps):
+        if number == warmup:
+            _sync(device)
+            started = time.perf_counter()
+        run_step(images)
     _sync(device)
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,
-              "precision": "bf16-mixed" if bf16 and device.type == "cuda" else "32-true", "channels_last": channels_last}
+              "precision": "bf16-mixed" if bf16 and device.type == "cuda" else "32-true", "channels_last": channels_last,
+              "fused_adam": fused_adam, "cuda_graph": cuda_graph}
     return row("train", recipe_name, steps * batch_size, time.perf_counter() - started, device, config)
+
+
+def _captured_step(step, eager_step, optimizer: torch.optim.Optimizer, example: torch.Tensor, warmup: int,
+                   device: torch.device):
+    """PyTorch's whole-network capture: warm up on a side stream (cuDNN picks its algorithms there), capture one
+    step into a CUDA graph with the gradients allocated inside it (each replay overwrites them, so no zeroing), and
+    return a function that copies a batch into the captured input and replays the graph."""
+    static_input = example.clone()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 3)):
+            eager_step(static_input)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step(static_input)
+
+    def replay(batch: torch.Tensor) -> None:
+        static_input.copy_(batch, non_blocking=True)
+        graph.replay()
+
+    return replay
 
 
 # -- (c) end to end from PNG files -------------------------------------------------------------------------
@@ -144,6 +190,9 @@ class _SteadyStateTimer(pl.Callback):
             self.images += len(batch["label"])
 
     def images_per_second(self, device: torch.device) -> tuple[int, float]:
+        if self.started is None:
+            raise ValueError(f"the epoch ended within the {self.warmup} warm-up batches: nothing was timed; "
+                             "lower fit.warmup or the batch size, or measure on more images")
         _sync(device)
         return self.images, time.perf_counter() - self.started
 
@@ -151,12 +200,12 @@ class _SteadyStateTimer(pl.Callback):
 def measure_fit(
     root: Path, recipe_name: str, backbone: str, image_size: int, channels: int, batch_size: int, workers: int,
     bf16: bool, channels_last: bool, cache: bool, augment_on_device: bool, batches: int, warmup: int,
-    device: torch.device, cache_dir: Path,
+    device: torch.device, cache_dir: Path, fused_adam: bool = False,
 ) -> dict:
     datamodule = _train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=cache,
                                           augment_on_device=augment_on_device, cache_dir=cache_dir)
     model = MuraClassifier(backbone=backbone, in_channels=channels, image_size=image_size, channels_last=channels_last,
-                           optimizer=lambda params: torch.optim.Adam(params, lr=1e-4), scheduler=None)
+                           optimizer=lambda params: torch.optim.Adam(params, lr=1e-4, fused=fused_adam or None), scheduler=None)
     timer = _SteadyStateTimer(warmup)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision="bf16-mixed" if bf16 and device.type == "cuda" else "32-true",
@@ -169,7 +218,7 @@ def measure_fit(
     images, seconds = timer.images_per_second(device)
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
               "precision": trainer.precision, "channels_last": channels_last, "cache": cache, "augment_on_device": augment_on_device,
-              "timed_batches": batches}
+              "fused_adam": fused_adam, "timed_batches": batches}
     return row("fit", recipe_name, images, seconds, device, config)
 
 

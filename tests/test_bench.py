@@ -1,27 +1,72 @@
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from conftest import compose_config
+from mura import speed
 from mura.bench import bench_table, run_bench
+from mura.data.synthetic import SyntheticConfig, plan_release
 
 TINY_BENCH = ["image_size=32", "workers=0", "data.batch_size=8", "train.steps=1", "fit.batches=1", "fit.warmup=1",
               "infer.steps=1", "train.ours.batch_size=8", "fit.ours.batch_size=8", "infer.ours.batch_size=8"]
 
 
+TRIES = ["+tries.graph={kind: train, cuda_graph: true}", "+tries.fit_fused={kind: fit, fused_adam: true}"]
+
+
 def test_bench_writes_every_row_in_the_schema(synthetic_root: Path, tmp_path: Path):
     cfg = compose_config([f"data_root={synthetic_root}", f"paths.output_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}",
-                          *TINY_BENCH], config_name="bench")
+                          *TINY_BENCH, *TRIES], config_name="bench")
     result = run_bench(cfg)
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written == result
     assert written["device"].startswith("cpu")
-    kinds = {(row["kind"], row["recipe"]) for row in written["rows"]}
-    assert kinds == {(kind, recipe) for kind in ("data", "train", "fit", "infer") for recipe in ("baseline", "ours")}
+    main = [row for row in written["rows"] if "variant" not in row["config"]]
+    assert {(row["kind"], row["recipe"]) for row in main} == {
+        (kind, recipe) for kind in ("data", "train", "fit", "infer") for recipe in ("baseline", "ours")}
+    # The tries: fused Adam (conf/bench.yaml's default try) and the fit one ran; CUDA graphs are reported, not run.
+    tries = {row["config"]["variant"]: row for row in written["rows"] if "variant" in row["config"]}
+    assert set(tries) == {"fused_adam", "fit_fused"}
+    assert tries["fused_adam"]["kind"] == "train" and tries["fused_adam"]["config"]["fused_adam"]
+    assert tries["fit_fused"]["kind"] == "fit" and tries["fit_fused"]["config"]["fused_adam"]
+    assert tries["fit_fused"]["config"]["batch_size"] == 8  # everything else as ours
+    assert written["not_measured"] == [{"kind": "train", "recipe": "ours", "variant": "graph", "reason": "CUDA graphs need a CUDA device"}]
     for row in written["rows"]:
         assert set(row) == {"kind", "recipe", "images_per_s", "peak_mem_gib", "config"}
         assert row["images_per_s"] > 0 and row["peak_mem_gib"] is None  # no CUDA here
     fit_ours = next(row for row in written["rows"] if row["kind"] == "fit" and row["recipe"] == "ours")
     assert fit_ours["config"]["cache"] and not fit_ours["config"]["augment_on_device"]  # on a CPU the workers augment
-    assert "| data" in bench_table(result) and "speed-up" in bench_table(result)
+    table = bench_table(result)
+    assert "| data" in table and "speed-up" in table and "| fit_fused" in table
+    assert "not measured: train/ours/graph: CUDA graphs need a CUDA device" in table
+
+
+def test_a_failing_measurement_is_reported_and_the_others_still_run(synthetic_root: Path, tmp_path: Path):
+    cfg = compose_config([f"data_root={synthetic_root}", f"paths.output_dir={tmp_path}", "runs=[train,infer]",
+                          *TINY_BENCH, "train.baseline.batch_size=-1"], config_name="bench")
+    result = run_bench(cfg)
+    assert sorted((row["kind"], row["recipe"], row["config"].get("variant", "")) for row in result["rows"]) == [
+        ("infer", "baseline", ""), ("infer", "ours", ""), ("train", "ours", ""), ("train", "ours", "fused_adam")]
+    (failed,) = result["not_measured"]
+    assert (failed["kind"], failed["recipe"]) == ("train", "baseline") and failed["reason"]
+    assert json.loads((tmp_path / "bench.json").read_text()) == result
+
+
+def test_gpu_preset_names_only_real_settings_and_has_images_for_every_timed_batch():
+    """benchmarks/gpu_check.sh runs this preset on a GPU that this suite never sees: catch its mistakes here."""
+    cfg = compose_config(["bench_preset=gpu"], config_name="bench")
+    assert (cfg.backbone, cfg.image_size) == ("densenet169", 320)
+    measurements = {"train": speed.measure_train_step, "fit": speed.measure_fit, "infer": speed.measure_inference}
+    largest_fit_batch = cfg.fit.ours.batch_size
+    for name, settings in cfg.tries.items():
+        accepted = inspect.signature(measurements[settings.kind]).parameters
+        assert set(settings) - {"kind"} <= set(accepted), name
+        if settings.kind == "fit":
+            largest_fit_batch = max(largest_fit_batch, settings.get("batch_size", 0))
+    images, _ = plan_release(SyntheticConfig(**OmegaConf.to_container(cfg.synthetic)))
+    train_images = sum(spec.relative_path.startswith("train/") for spec in images)
+    assert train_images >= (cfg.fit.warmup + cfg.fit.batches) * largest_fit_batch

@@ -96,13 +96,3 @@ def test_resize_step_is_left_out_only_for_cached_images():
     image = torch.zeros(1, 30, 20, dtype=torch.uint8)
     assert build_transforms("paper", 24, 1, train=False, resize=True)(image).shape == (1, 24, 24)
     assert build_transforms("paper", 24, 1, train=False, resize=False)(image).shape == (1, 30, 20)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_device_augmentation_on_cuda_matches_cpu():
-    images = torch.randint(0, 256, (4, 1, 64, 64), dtype=torch.uint8)
-    augment = DeviceAugmentation("paper", 3)
-    on_cpu = augment(images, seeds=[1, 2, 3, 4])
-    on_gpu = augment.cuda()(images.cuda(), seeds=[1, 2, 3, 4]).cpu()
-    assert torch.allclose(on_cpu, on_gpu, atol=1e-4)

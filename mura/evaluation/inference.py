@@ -23,10 +23,10 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast_bf16(device: torch.device, bf16: bool):
+def autocast_bf16(device: torch.device, bf16: bool, cache_enabled: bool = True):
     """bf16 autocast on CUDA when asked; a no-op elsewhere (bf16 autocast slows CPU convolutions)."""
     if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 
