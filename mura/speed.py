@@ -78,7 +78,7 @@ def measure_data(
     for number, batch in enumerate(datamodule.train_dataloader()):
         tensor = batch["image"].to(device, non_blocking=True)
         if on_device:
-            tensor = augment(tensor, batch["augment_seed"].tolist())
+            tensor = augment(tensor, augment.matrices(batch["augment_seed"].tolist()))
         _sync(device)
         if number == warmup_batches - 1:
             started = time.perf_counter()

@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_device_augmentation_on_cuda_matches_cpu():
     images = torch.randint(0, 256, (4, 1, 64, 64), dtype=torch.uint8)
     augment = DeviceAugmentation("paper", 3)
-    on_cpu = augment(images, seeds=[1, 2, 3, 4])
-    on_gpu = augment.cuda()(images.cuda(), seeds=[1, 2, 3, 4]).cpu()
+    theta = augment.matrices([1, 2, 3, 4])
+    on_cpu = augment(images, theta)
+    on_gpu = augment.cuda()(images.cuda(), theta).cpu()
     assert torch.allclose(on_cpu, on_gpu, atol=1e-4)
 
 

@@ -39,7 +39,7 @@ def test_device_normalisation_equals_the_cpu_pipeline(synthetic_root: Path, tmp_
     plain = datamodule(synthetic_root, tmp_path, recipe=recipe, channels=channels).dataset("val", augment=False)
     batch = torch.stack([raw[i]["image"] for i in range(4)])
     assert batch.dtype == torch.uint8
-    on_device = DeviceAugmentation(recipe, channels)(batch, seeds=None)
+    on_device = DeviceAugmentation(recipe, channels)(batch, theta=None)
     expected = torch.stack([plain[i]["image"] for i in range(4)])
     assert torch.allclose(on_device, expected, atol=1e-5)
 
@@ -47,10 +47,10 @@ def test_device_normalisation_equals_the_cpu_pipeline(synthetic_root: Path, tmp_
 def test_device_augmentation_is_seeded_per_sample_and_identity_without_motion():
     images = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     augment = DeviceAugmentation("paper", 1)
-    first = augment(images, seeds=[1, 2, 3])
-    assert torch.equal(first, augment(images, seeds=[1, 2, 3]))
-    assert torch.equal(first[1], augment(images[1:2], seeds=[2])[0])  # independent of the batch around it
-    assert not torch.equal(first, augment(images, seeds=[4, 5, 6]))
+    first = augment(images, augment.matrices([1, 2, 3]))
+    assert torch.equal(first, augment(images, augment.matrices([1, 2, 3])))
+    assert torch.equal(first[1], augment(images[1:2], augment.matrices([2]))[0])  # independent of the batch around it
+    assert not torch.equal(first, augment(images, augment.matrices([4, 5, 6])))
     identity = affine_matrices(torch.tensor([[0.0, 1.0, 0.0, 0.0, 1.0, 1.0]]))
     assert torch.allclose(identity, torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]]))
     mirrored = affine_matrices(torch.tensor([[0.0, 1.0, 0.0, 0.0, -1.0, 1.0]]))
@@ -96,3 +96,29 @@ def test_resize_step_is_left_out_only_for_cached_images():
     image = torch.zeros(1, 30, 20, dtype=torch.uint8)
     assert build_transforms("paper", 24, 1, train=False, resize=True)(image).shape == (1, 24, 24)
     assert build_transforms("paper", 24, 1, train=False, resize=False)(image).shape == (1, 30, 20)
+
+
+def test_training_batches_are_warped_on_the_device_and_evaluation_batches_are_not(synthetic_root: Path, tmp_path: Path):
+    """The classifier's batch hooks with a real trainer: warp matrices made on the host for training batches only."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from conftest import compose_config, tiny_training_overrides
+
+    cfg = compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "data.augment_on_device=true", "data.cache=true",
+                          f"data.cache_dir={tmp_path / 'cache'}"])
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    seen = []
+    warp = model.device_augmentation.forward
+
+    def recording_warp(images, theta):
+        seen.append((model.trainer.state.stage.value, None if theta is None else tuple(theta.shape), images.dtype))
+        return warp(images, theta)
+
+    model.device_augmentation.forward = recording_warp
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.fit(model, datamodule=datamodule)
+    assert [stage for stage, _, _ in seen] == ["train", "train", "validate"]
+    assert all(dtype == torch.uint8 for _, _, dtype in seen)  # the loader handed raw images
+    assert seen[0][1] == (16, 2, 3) and seen[1][1][1:] == (2, 3) and seen[2][1] is None

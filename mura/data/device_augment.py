@@ -58,11 +58,16 @@ class DeviceAugmentation(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, channels, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, channels, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
-        """uint8 (N, 1, S, S) -> float (N, channels, S, S); augmented when `seeds` are given."""
+    def matrices(self, seeds: list[int]) -> torch.Tensor:
+        """The warp of each image, (N, 2, 3), from its seed; made on the host, before the batch moves to the device,
+        so that nothing on the device path has to wait for a host read."""
+        return affine_matrices(_random_parameters(self.recipe, seeds))
+
+    def forward(self, images: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+        """uint8 (N, 1, S, S) -> float (N, channels, S, S); warped by `theta` (from `matrices`) when given."""
         images = images.float().div_(255.0)
-        if seeds is not None:
-            theta = affine_matrices(_random_parameters(self.recipe, seeds)).to(images.device)
+        if theta is not None:
+            theta = theta.to(images.device, non_blocking=True)
             grid = F.affine_grid(theta, list(images.shape), align_corners=False)
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if self.recipe == "seed":

@@ -72,16 +72,24 @@ class MuraClassifier(pl.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.network(images).squeeze(1)
 
-    def preprocess(self, images: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
-        """Resized uint8 batches (data.augment_on_device=true) to network input, augmented when seeds are given."""
-        return self.device_augmentation(images, seeds)
+    def preprocess(self, images: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Resized uint8 batches (data.augment_on_device=true) to network input, warped by `theta` when given."""
+        return self.device_augmentation(images, theta)
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # The warp parameters are made here, from the host copy of the seeds: reading them after the transfer
+        # (a .tolist() of a device tensor) would make every step wait for the previous one to finish.
+        images = batch.get("image")
+        if images is not None and images.dtype == torch.uint8 and self.trainer.training:
+            seeds = batch["augment_seed"]
+            if len(seeds) and int(seeds.min()) >= 0:
+                batch["augment_theta"] = self.device_augmentation.matrices(seeds.tolist())
+        return batch
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         images = batch.get("image")
         if images is not None and images.dtype == torch.uint8:
-            seeds = batch["augment_seed"].tolist()
-            augment = self.trainer.training and min(seeds) >= 0
-            batch["image"] = self.preprocess(images, seeds if augment else None)
+            batch["image"] = self.preprocess(images, batch.pop("augment_theta", None))
         return batch
 
     def setup(self, stage: str) -> None:
