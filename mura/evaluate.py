@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 from pathlib import Path
 
@@ -19,10 +20,22 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint_list(ckpt_path) -> list[str]:
-    paths = list(ckpt_path) if isinstance(ckpt_path, (list, tuple, ListConfig)) else [ckpt_path]
-    if not paths:
-        raise ConfigError("ckpt_path is empty: pass a checkpoint or a list [a.ckpt,b.ckpt]")
-    return [str(path) for path in paths]
+    """Checkpoint paths in the given order; a glob pattern (quoted: `'multirun/DAY/TIME/*/checkpoints/best.ckpt'`,
+    the best model of every job of a sweep) stands for its matches in sorted order."""
+    entries = list(ckpt_path) if isinstance(ckpt_path, (list, tuple, ListConfig)) else [ckpt_path]
+    if not entries:
+        raise ConfigError("ckpt_path is empty: pass a checkpoint, a list [a.ckpt,b.ckpt] or a quoted glob pattern")
+    paths = []
+    for entry in map(str, entries):
+        if not any(character in entry for character in "*?["):
+            paths.append(entry)
+            continue
+        matches = sorted(glob.glob(entry))
+        if not matches:
+            raise ConfigError(f"ckpt_path pattern {entry!r} matches no file; check the folder (a multirun's jobs are "
+                              "MULTIRUN_DIR/0, MULTIRUN_DIR/1, ..., each with checkpoints/best.ckpt)")
+        paths.extend(matches)
+    return paths
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -31,15 +44,17 @@ def evaluate(cfg: DictConfig) -> dict:
     device = pick_device(cfg.eval.device)
     split = cfg.eval.split
     predictions, threshold, datamodule = [], None, None
+    datamodules = {}  # one per preprocessing: an ensemble of one recipe reads the index once
     for path in checkpoints:
         model = load_classifier(path, device)
-        with open_dict(cfg):
-            cfg.data.image_size = model.hparams.image_size
-            cfg.data.recipe = model.hparams.recipe
-            cfg.data.channels = model.hparams.in_channels
-            cfg.data.splits_dir = None
-        datamodule = instantiate(cfg.data)
-        datamodule.setup("test")
+        preprocessing = (model.hparams.image_size, model.hparams.recipe, model.hparams.in_channels)
+        if preprocessing not in datamodules:
+            with open_dict(cfg):
+                cfg.data.image_size, cfg.data.recipe, cfg.data.channels = preprocessing
+                cfg.data.splits_dir = None
+            datamodules[preprocessing] = instantiate(cfg.data)
+            datamodules[preprocessing].setup("test")
+        datamodule = datamodules[preprocessing]
         loader = datamodule.dataloader(split, shuffle=False, train_transforms=False)
         images, skipped = predict_images(model, loader, tta_flip=cfg.eval.tta, bf16=cfg.eval.bf16)
         if skipped:

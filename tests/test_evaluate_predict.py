@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from conftest import compose_config
-from mura.errors import CheckpointError
-from mura.evaluate import evaluate
+from mura.errors import CheckpointError, ConfigError
+from mura.evaluate import checkpoint_list, evaluate
 from mura.models.checkpoint import load_classifier, read_checkpoint
 from mura.predict import predict
 
@@ -60,6 +60,19 @@ def test_ensemble_tta_bootstrap_and_any_body_parts(trained_run, synthetic_root: 
     overall = report["study"]["overall"]
     assert {"kappa_ci95_bootstrap", "auroc_ci95_bootstrap"} <= set(overall)
     assert "Evaluation (ensemble of 2, flip TTA)" in (tmp_path / "ens" / "report.md").read_text()
+
+
+def test_checkpoints_given_as_a_glob_pattern_expand_in_sorted_order(tmp_path: Path):
+    for job in ("1", "0", "10"):  # a multirun's job folders
+        (tmp_path / job / "checkpoints").mkdir(parents=True)
+        (tmp_path / job / "checkpoints" / "best.ckpt").touch()
+    pattern = f"{tmp_path}/*/checkpoints/best.ckpt"
+    cfg = evaluate_config(tmp_path, tmp_path, f"'{pattern}'")  # quoted, as on the command line
+    expected = [str(tmp_path / job / "checkpoints" / "best.ckpt") for job in ("0", "1", "10")]
+    assert checkpoint_list(cfg.ckpt_path) == expected
+    assert checkpoint_list([str(tmp_path / "1" / "checkpoints" / "best.ckpt"), pattern]) == [expected[1], *expected]
+    with pytest.raises(ConfigError, match="matches no file"):
+        checkpoint_list(f"{tmp_path}/*/checkpoints/last.ckpt")
 
 
 def test_not_a_mura_checkpoint_is_refused(tmp_path: Path):
