@@ -32,6 +32,21 @@ def test_setup_builds_splits_and_writes_them(synthetic_root: Path, tmp_path: Pat
     assert studies.index.tolist() == list(range(len(studies)))
 
 
+def test_split_seed_fixes_validation_while_seed_changes_order_and_augmentation(synthetic_root: Path):
+    def val_patients_and_first_batch(**seeds):
+        datamodule = make_datamodule(synthetic_root, **seeds)
+        datamodule.setup("fit")
+        first = next(iter(datamodule.train_dataloader()))
+        return set(datamodule.split_frame("val")["patient"]), first["path"], first["augment_seed"].tolist()
+
+    ensemble_a = val_patients_and_first_batch(seed=1, split_seed=7)
+    ensemble_b = val_patients_and_first_batch(seed=2, split_seed=7)
+    assert ensemble_a[0] == ensemble_b[0]  # one validation split
+    assert ensemble_a[1] != ensemble_b[1] and ensemble_a[2] != ensemble_b[2]  # other order, other augmentation
+    assert val_patients_and_first_batch(seed=7)[0] == ensemble_a[0]  # split_seed None: the split follows seed
+    assert val_patients_and_first_batch(seed=1)[0] != ensemble_a[0]
+
+
 def test_samples_are_dicts_that_carry_ids(synthetic_root: Path):
     datamodule = make_datamodule(synthetic_root)
     datamodule.setup("fit")

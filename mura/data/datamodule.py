@@ -37,6 +37,9 @@ class MuraDataModule(pl.LightningDataModule):
         synthetic: settings for `mura.data.synthetic.SyntheticConfig`; when given, a synthetic release is
             generated at `root` on first use and reused afterwards.
         splits_dir: where `setup` writes `splits.csv` and `split_table.md` (the run folder); None skips it.
+        seed: the order of the training images and their augmentation (mura.data.sampling).
+        split_seed: which patients go to validation; None: `seed`. Fixing it while `seed` varies trains an
+            ensemble whose members differ in initialisation, order and augmentation but share one validation split.
         cache: decode and resize every image once into a memory-mapped file under `cache_dir` (mura.data.cache).
         augment_on_device: hand out resized uint8 images; the model augments and normalises whole batches on
             its device (mura.data.device_augment).
@@ -54,6 +57,7 @@ class MuraDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         val_fraction: float = 0.1,
         seed: int = 0,
+        split_seed: int | None = None,
         on_bad_image: str = "error",
         pin_memory: bool = False,
         persistent_workers: bool = True,
@@ -74,6 +78,7 @@ class MuraDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.val_fraction = val_fraction
         self.seed = seed
+        self.split_seed = seed if split_seed is None else split_seed
         self.on_bad_image = on_bad_image
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -107,7 +112,7 @@ class MuraDataModule(pl.LightningDataModule):
         # A Trainer calls `prepare_data` first; notebooks and `mura.evaluate` use the module without one.
         self.prepare_data()
         index = build_index(self.root, self.body_parts, on_bad_image=self.on_bad_image)
-        splits = assign_splits(index, self.val_fraction, self.seed)
+        splits = assign_splits(index, self.val_fraction, self.split_seed)
         # Study and image indices are global and fixed here, so study-level metrics stay exact under
         # shuffling, several workers and several processes.
         splits["study_idx"] = pd.factorize(splits["study"])[0]
