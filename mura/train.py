@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import warnings
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mura.errors import exit_on_user_error
+from mura.errors import ConfigError, exit_on_user_error
 from mura.evaluation.report import metrics_table, write_run_outputs
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(cfg.get("logger")) or False
     )
+    ckpt_path = cfg.get("ckpt_path")
+    refuse_to_overwrite(output_dir / "checkpoints", ckpt_path)
     try:
-        # weights_only: resuming reads tensors and plain values, never pickled code.
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        with warnings.catch_warnings():
+            # With an on-exception checkpoint configured, Lightning reads fit(ckpt_path=None) as "resume from the
+            # last checkpoint if there is one" and says so twice; refuse_to_overwrite has made sure there is none.
+            warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
+            warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
+            # weights_only: resuming reads tensors and plain values, never pickled code.
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         log.error("stopped by SIGTERM; %s holds the state to resume from (ckpt_path=that file)", output_dir / "checkpoints")
         raise SystemExit(128 + signal.SIGTERM) from None
@@ -58,6 +66,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return metrics
+
+
+def refuse_to_overwrite(checkpoint_dir: Path, ckpt_path: str | None) -> None:
+    """A new run in a folder that holds checkpoints would overwrite them (and Lightning would quietly resume from
+    one): resuming is asked for by name, ckpt_path=last."""
+    existing = sorted(path.name for path in checkpoint_dir.glob("*.ckpt"))
+    if existing and ckpt_path is None:
+        raise ConfigError(f"{checkpoint_dir} already holds {', '.join(existing)}: pass ckpt_path=last to resume that run, "
+                          "or leave hydra.run.dir out (or name a new folder) to start a new one")
 
 
 def report_skipped(skipped: list[str], output_dir: Path, write: bool) -> None:

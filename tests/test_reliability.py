@@ -77,6 +77,11 @@ def test_sigterm_saves_a_checkpoint_before_exiting(synthetic_root: Path, tmp_pat
     assert interrupted.is_file()
     checkpoint = torch.load(interrupted, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] >= 6 and "mura" in checkpoint
+    # The same command again, without ckpt_path: refused, rather than overwriting (or quietly resuming) the run.
+    written = interrupted.read_bytes()
+    again = run_train(cli_overrides(synthetic_root, run_dir, epochs=5), tmp_path, check=False)
+    assert again.returncode == 2 and "interrupted.ckpt" in again.stderr and "pass ckpt_path=last to resume" in again.stderr
+    assert interrupted.read_bytes() == written
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path, monkeypatch):
