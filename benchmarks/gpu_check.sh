@@ -4,7 +4,7 @@
 #   1. the GPU-only tests (tests/test_cuda.py: device augmentation CUDA vs CPU, a bf16 fast-path training run);
 #   2. `python -m mura.bench bench_preset=gpu`: synthetic PNGs with MURA's longest side (512), DenseNet-169 at
 #      320 px, the paper's recipe against ours, then the tries (fused Adam, batch 256, CUDA graphs), one table.
-# bench.json, the table and the logs land in $OUT (the device tool's output folder) or outputs/bench_gpu.
+# bench.json, the table and the logs (5 files) land in $OUT (the device tool's output folder) or outputs/bench_gpu.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh       # here, with a registry: the packages the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_check.sh [OVERRIDES]  # there; extra arguments are Hydra overrides for mura.bench
@@ -44,8 +44,10 @@ tests_rc=0
 
 workers=$(( $(nproc) > 16 ? 16 : $(nproc) ))
 data_dir=${TMPDIR:-/tmp}/mura_bench_data   # thousands of PNGs: kept out of $OUT
+bench_rc=0
 time "$PYTHON" -m mura.bench bench_preset=gpu workers="$workers" synthetic.workers="$workers" \
-  paths.data_dir="$data_dir" hydra.run.dir="$out" "$@" 2>"$out/bench_stderr.log" | tee "$out/bench_table.md"
+  paths.data_dir="$data_dir" hydra.run.dir="$out" hydra.output_subdir=null "$@" 2>"$out/bench_stderr.log" | tee "$out/bench_table.md" || bench_rc=$?
+[ "$bench_rc" = 0 ] || tail -n 30 "$out/bench_stderr.log"
 rm -rf "$data_dir"
-echo "gpu tests exit status: $tests_rc"
-exit "$tests_rc"
+echo "exit status: gpu tests $tests_rc, bench $bench_rc"
+[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
