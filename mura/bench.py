@@ -53,13 +53,16 @@ def run_bench(cfg: DictConfig) -> dict:
                                                           warmup=cfg.fit.warmup, cache_dir=cache_dir, **settings, **common),
         "infer": lambda recipe, settings: speed.measure_inference(cfg.backbone, steps=cfg.infer.steps, warmup=cfg.infer.warmup,
                                                                   recipe_name=recipe, **settings, **common),
+        "evaluate": lambda recipe, settings: speed.measure_evaluation(root, recipe, cfg.backbone, workers=cfg.workers,
+                                                                      cache_dir=cache_dir, **settings, **common),
     }
     plan = [(kind, recipe, None, _settings(cfg, kind, recipe)) for recipe in ("baseline", "ours") for kind in MAIN_KINDS
             if kind in cfg.runs]
     for name, try_settings in (cfg.get("tries") or {}).items():
         settings = OmegaConf.to_container(try_settings, resolve=True)
         kind = settings.pop("kind")
-        plan.append((kind, "ours", name, {**_settings(cfg, kind, "ours"), **settings}))
+        if kind in cfg.runs:
+            plan.append((kind, "ours", name, {**_settings(cfg, kind, "ours"), **settings}))
 
     result = {"device": device_name(device), "rows": [], "not_measured": []}
     output_path = Path(cfg.paths.output_dir) / "bench.json"
@@ -68,7 +71,9 @@ def run_bench(cfg: DictConfig) -> dict:
         label = f"{kind}/{recipe}" + (f"/{variant}" if variant else "")
         log.info("measuring %s", label)
         try:
-            measured = measures[kind](recipe, settings)
+            # end_to_end: an inference row measured through mura.evaluate's own path, from the image files.
+            measure = measures["evaluate" if settings.pop("end_to_end", False) else kind]
+            measured = measure(recipe, settings)
         except speed.NeedsCuda as exc:
             result["not_measured"].append({"kind": kind, "recipe": recipe, "variant": variant, "reason": str(exc)})
         except Exception as exc:  # one broken measurement must not lose the others (a GPU run is one command)

@@ -15,7 +15,7 @@ import torch
 
 from mura.data.datamodule import MuraDataModule
 from mura.data.device_augment import DeviceAugmentation
-from mura.evaluation.inference import autocast_bf16
+from mura.evaluation.inference import autocast_bf16, predict_images
 from mura.models.backbones import build_backbone
 from mura.models.classifier import MuraClassifier
 from mura.models.loss import weighted_bce_with_logits
@@ -48,12 +48,12 @@ def row(kind: str, recipe: str, images: int, seconds: float, device: torch.devic
 
 def _train_loader_datamodule(
     root: Path, image_size: int, channels: int, batch_size: int, workers: int, device: torch.device,
-    cache: bool, augment_on_device: bool, cache_dir: Path,
+    cache: bool, augment_on_device: bool, cache_dir: Path, persistent_workers: bool = False,
 ) -> MuraDataModule:
     """The package's own data path over the official train split, cache built before any timing."""
     datamodule = MuraDataModule(
         root=str(root), image_size=image_size, recipe="paper", channels=channels, batch_size=batch_size,
-        num_workers=workers, val_fraction=0.0, seed=0, pin_memory=device.type == "cuda", persistent_workers=False,
+        num_workers=workers, val_fraction=0.0, seed=0, pin_memory=device.type == "cuda", persistent_workers=persistent_workers,
         cache=cache, cache_dir=str(cache_dir), augment_on_device=augment_on_device,
     )
     datamodule.setup("fit")
@@ -246,3 +246,26 @@ def measure_inference(
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,
               "precision": "bf16-mixed" if bf16 and device.type == "cuda" else "32-true", "channels_last": channels_last}
     return row("infer", recipe_name, steps * batch_size, time.perf_counter() - started, device, config)
+
+
+def measure_evaluation(
+    root: Path, recipe_name: str, backbone: str, image_size: int, channels: int, batch_size: int, bf16: bool,
+    channels_last: bool, workers: int, device: torch.device, cache_dir: Path, cache: bool = False,
+) -> dict:
+    """What `mura.evaluate` does per model, over the official train split (the largest): decode the PNGs (or read
+    the cache and normalise uint8 batches on the device), batch, move, predict, tabulate. The second of two passes
+    is timed: the first warms cuDNN and the page cache, and the workers persist (their start is not counted)."""
+    datamodule = _train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=cache,
+                                          augment_on_device=cache, cache_dir=cache_dir, persistent_workers=workers > 0)
+    model = MuraClassifier(backbone=backbone, in_channels=channels, image_size=image_size, channels_last=channels_last)
+    model = model.to(device).eval()
+    loader = datamodule.dataloader("train", shuffle=False, train_transforms=False)
+    predict_images(model, loader, bf16=bf16, progress=False)
+    _reset_peak(device)
+    started = time.perf_counter()
+    predictions, _ = predict_images(model, loader, bf16=bf16, progress=False)
+    seconds = time.perf_counter() - started
+    config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
+              "precision": "bf16-mixed" if bf16 and device.type == "cuda" else "32-true", "channels_last": channels_last,
+              "end_to_end": True, "cache": cache, "images": len(predictions)}
+    return row("infer", recipe_name, len(predictions), seconds, device, config)

@@ -4,6 +4,7 @@ import inspect
 import json
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import OmegaConf
 
 from conftest import compose_config
@@ -28,9 +29,12 @@ def test_bench_writes_every_row_in_the_schema(synthetic_root: Path, tmp_path: Pa
     main = [row for row in written["rows"] if "variant" not in row["config"]]
     assert {(row["kind"], row["recipe"]) for row in main} == {
         (kind, recipe) for kind in ("data", "train", "fit", "infer") for recipe in ("baseline", "ours")}
-    # The tries: fused Adam (conf/bench.yaml's default try) and the fit one ran; CUDA graphs are reported, not run.
+    # The tries: conf/bench.yaml's two and the fit one ran; CUDA graphs are reported, not run.
     tries = {row["config"]["variant"]: row for row in written["rows"] if "variant" in row["config"]}
-    assert set(tries) == {"fused_adam", "fit_fused"}
+    assert set(tries) == {"fused_adam", "evaluate_from_cache", "fit_fused"}
+    evaluation = tries["evaluate_from_cache"]
+    assert evaluation["kind"] == "infer" and evaluation["config"]["end_to_end"] and evaluation["config"]["cache"]
+    assert evaluation["config"]["images"] == len(pd.read_csv(synthetic_root / "train_image_paths.csv", header=None))
     assert tries["fused_adam"]["kind"] == "train" and tries["fused_adam"]["config"]["fused_adam"]
     assert tries["fit_fused"]["kind"] == "fit" and tries["fit_fused"]["config"]["fused_adam"]
     assert tries["fit_fused"]["config"]["batch_size"] == 8  # everything else as ours
@@ -46,11 +50,12 @@ def test_bench_writes_every_row_in_the_schema(synthetic_root: Path, tmp_path: Pa
 
 
 def test_a_failing_measurement_is_reported_and_the_others_still_run(synthetic_root: Path, tmp_path: Path):
-    cfg = compose_config([f"data_root={synthetic_root}", f"paths.output_dir={tmp_path}", "runs=[train,infer]",
+    cfg = compose_config([f"data_root={synthetic_root}", f"paths.output_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}", "runs=[train,infer]",
                           *TINY_BENCH, "train.baseline.batch_size=-1"], config_name="bench")
     result = run_bench(cfg)
     assert sorted((row["kind"], row["recipe"], row["config"].get("variant", "")) for row in result["rows"]) == [
-        ("infer", "baseline", ""), ("infer", "ours", ""), ("train", "ours", ""), ("train", "ours", "fused_adam")]
+        ("infer", "baseline", ""), ("infer", "ours", ""), ("infer", "ours", "evaluate_from_cache"), ("train", "ours", ""),
+        ("train", "ours", "fused_adam")]
     (failed,) = result["not_measured"]
     assert (failed["kind"], failed["recipe"]) == ("train", "baseline") and failed["reason"]
     assert json.loads((tmp_path / "bench.json").read_text()) == result
@@ -63,8 +68,8 @@ def test_gpu_preset_names_only_real_settings_and_has_images_for_every_timed_batc
     measurements = {"train": speed.measure_train_step, "fit": speed.measure_fit, "infer": speed.measure_inference}
     largest_fit_batch = cfg.fit.ours.batch_size
     for name, settings in cfg.tries.items():
-        accepted = inspect.signature(measurements[settings.kind]).parameters
-        assert set(settings) - {"kind"} <= set(accepted), name
+        measurement = speed.measure_evaluation if settings.get("end_to_end") else measurements[settings.kind]
+        assert set(settings) - {"kind", "end_to_end"} <= set(inspect.signature(measurement).parameters), name
         if settings.kind == "fit":
             largest_fit_batch = max(largest_fit_batch, settings.get("batch_size", 0))
     images, _ = plan_release(SyntheticConfig(**OmegaConf.to_container(cfg.synthetic)))
