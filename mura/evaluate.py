@@ -2,45 +2,26 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, open_dict
+from omegaconf import DictConfig, open_dict
 
-from mura.errors import ConfigError, exit_on_user_error
+from mura.errors import exit_on_user_error
 from mura.evaluation.inference import average_ensemble, pick_device, predict_images
 from mura.evaluation.metrics import metrics_report
 from mura.evaluation.report import metrics_table, write_run_outputs
 from mura.models.checkpoint import load_classifier
+from mura.paths import expand_paths
 
 log = logging.getLogger(__name__)
 
 
-def checkpoint_list(ckpt_path) -> list[str]:
-    """Checkpoint paths in the given order; a glob pattern (quoted: `'multirun/DAY/TIME/*/checkpoints/best.ckpt'`,
-    the best model of every job of a sweep) stands for its matches in sorted order."""
-    entries = list(ckpt_path) if isinstance(ckpt_path, (list, tuple, ListConfig)) else [ckpt_path]
-    if not entries:
-        raise ConfigError("ckpt_path is empty: pass a checkpoint, a list [a.ckpt,b.ckpt] or a quoted glob pattern")
-    paths = []
-    for entry in map(str, entries):
-        if not any(character in entry for character in "*?["):
-            paths.append(entry)
-            continue
-        matches = sorted(glob.glob(entry))
-        if not matches:
-            raise ConfigError(f"ckpt_path pattern {entry!r} matches no file; check the folder (a multirun's jobs are "
-                              "MULTIRUN_DIR/0, MULTIRUN_DIR/1, ..., each with checkpoints/best.ckpt)")
-        paths.extend(matches)
-    return paths
-
-
 def evaluate(cfg: DictConfig) -> dict:
     """Predict with every checkpoint (each with its own preprocessing), average, score; returns the report."""
-    checkpoints = checkpoint_list(cfg.ckpt_path)
+    checkpoints = expand_paths(cfg.ckpt_path, "ckpt_path")
     device = pick_device(cfg.eval.device)
     split = cfg.eval.split
     predictions, threshold, datamodule = [], None, None

@@ -14,8 +14,9 @@ from PIL import Image
 
 from conftest import compose_config
 from mura.errors import CheckpointError, ConfigError
-from mura.evaluate import checkpoint_list, evaluate
+from mura.evaluate import evaluate
 from mura.models.checkpoint import load_classifier, read_checkpoint
+from mura.paths import expand_paths
 from mura.predict import predict
 
 
@@ -69,10 +70,10 @@ def test_checkpoints_given_as_a_glob_pattern_expand_in_sorted_order(tmp_path: Pa
     pattern = f"{tmp_path}/*/checkpoints/best.ckpt"
     cfg = evaluate_config(tmp_path, tmp_path, f"'{pattern}'")  # quoted, as on the command line
     expected = [str(tmp_path / job / "checkpoints" / "best.ckpt") for job in ("0", "1", "10")]
-    assert checkpoint_list(cfg.ckpt_path) == expected
-    assert checkpoint_list([str(tmp_path / "1" / "checkpoints" / "best.ckpt"), pattern]) == [expected[1], *expected]
-    with pytest.raises(ConfigError, match="matches no file"):
-        checkpoint_list(f"{tmp_path}/*/checkpoints/last.ckpt")
+    assert expand_paths(cfg.ckpt_path, "ckpt_path") == expected
+    assert expand_paths([str(tmp_path / "1" / "checkpoints" / "best.ckpt"), pattern], "ckpt_path") == [expected[1], *expected]
+    with pytest.raises(ConfigError, match="ckpt_path pattern .* matches nothing"):
+        expand_paths(f"{tmp_path}/*/checkpoints/last.ckpt", "ckpt_path")
 
 
 def test_not_a_mura_checkpoint_is_refused(tmp_path: Path):

@@ -92,6 +92,13 @@ def test_two_job_multirun(synthetic_root: Path, tmp_path: Path):
         overrides = (sweep_dir / job / ".hydra" / "overrides.yaml").read_text()
         assert f"model.optimizer.lr={lr}" in overrides
         assert (sweep_dir / job / "metrics.json").is_file()
+    # ... and one table of the sweep, read from the folders Hydra wrote.
+    summary = subprocess.run([sys.executable, "-m", "mura.summarize", f"runs={sweep_dir}", f"hydra.run.dir={tmp_path / 'summary'}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "summary" / "summary.csv")
+    assert sorted(table["settings"]) == ["model.optimizer.lr=0.0001", "model.optimizer.lr=0.0003"]
+    assert "2 run(s)" in summary.stdout and "`experiment=demo`" in summary.stdout
 
 
 def test_optuna_search_goes_on_past_a_trial_without_a_value(synthetic_root: Path, tmp_path: Path):

@@ -1,0 +1,121 @@
+"""One table for many runs: the jobs of a sweep, the members of an ensemble, the wrist and all-parts experiments.
+
+A run is a folder that `mura.train` or `mura.evaluate` wrote: `metrics.json` (test, or the evaluated split),
+`.hydra/overrides.yaml` (what the command line set) and, for training, `history.json` (one row per epoch).
+Rows are sorted by validation, never by test: choose on validation, report test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from mura.evaluation.metrics import format_metric
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run folders among `paths`; a sweep folder (holding job folders 0, 1, ...) stands for its jobs."""
+    runs = []
+    for path in map(Path, paths):
+        if (path / ".hydra").is_dir() or (path / "metrics.json").is_file():
+            runs.append(path)
+            continue
+        jobs = sorted((child for child in path.iterdir() if (child / ".hydra").is_dir()), key=_job_order) if path.is_dir() else []
+        runs.extend(jobs or [path])  # a folder with no jobs is reported below as not summarised
+    return runs
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (1 << 30, path.name)
+
+
+def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tuple[str, str]]]:
+    """(table, settings every run shares, runs not summarised with the reason).
+
+    The table has a row per finished run: `settings` (the overrides that differ between runs), epochs, the
+    validation loss of the best epoch (the one best.ckpt holds) and the validation study kappa there, then the
+    study-level kappa (95% CI), AUROC and study count of metrics.json, and the study kappa per body part.
+    """
+    rows, skipped, overrides = [], [], {}
+    for run in runs:
+        metrics_path = run / "metrics.json"
+        if not metrics_path.is_file():
+            skipped.append((str(run), "no metrics.json: still running, stopped, or trained with test=false"))
+            continue
+        try:
+            report = json.loads(metrics_path.read_text())
+            study = report["study"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            skipped.append((str(metrics_path), f"not a mura metrics file ({error!r})"))
+            continue
+        overrides[str(run)] = _overrides(run)
+        rows.append({"run": str(run), **_validation(run), **_test(study)})
+    common = sorted(set.intersection(*(set(value) for value in overrides.values()))) if overrides else []
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table.insert(1, "settings", [" ".join(o for o in overrides[run] if o not in common) for run in table["run"]])
+        table = table.sort_values(["val_loss", "run"], na_position="last", kind="stable").reset_index(drop=True)
+    return table, common, skipped
+
+
+def _overrides(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    return [str(item) for item in OmegaConf.load(path) or []] if path.is_file() else []
+
+
+def _validation(run: Path) -> dict:
+    """Epochs run, and the epoch with the lowest validation loss (what best.ckpt holds: conf/callbacks)."""
+    path = run / "history.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    scored = [row for row in history if row.get("val/loss") is not None]
+    if not scored:
+        return {"epochs": len(history) or None, "best_epoch": None, "val_loss": None, "val_study_kappa": None}
+    best = min(scored, key=lambda row: row["val/loss"])
+    return {"epochs": len(history), "best_epoch": best["epoch"], "val_loss": best["val/loss"],
+            "val_study_kappa": best.get("val/study/kappa")}
+
+
+def _test(study: dict) -> dict:
+    overall = study["overall"]
+    low, high = overall.get("kappa_ci95") or (None, None)
+    result = {"study_kappa": overall.get("kappa"), "kappa_ci_low": low, "kappa_ci_high": high,
+              "study_auroc": overall.get("auroc"), "studies": overall.get("n")}
+    result.update({f"kappa_{part}": metrics.get("kappa") for part, metrics in study.items() if part != "overall"})
+    return result
+
+
+def summary_markdown(table: pd.DataFrame, common: list[str], skipped: list[tuple[str, str]]) -> str:
+    """The table for people: kappa with its CI in one cell, three decimals, n/a where undefined."""
+    lines = [f"{len(table)} run(s), sorted by the validation loss of their best epoch (choose on validation, report test)."]
+    if common:
+        lines.append("Shared settings: " + " ".join(f"`{item}`" for item in common))
+    if not table.empty:
+        shown = pd.DataFrame({
+            "run": table["run"], "settings": table["settings"], "epochs": table["epochs"].map(_count),
+            "best epoch": table["best_epoch"].map(_count),
+            "val loss": table["val_loss"].map(_number), "val study kappa": table["val_study_kappa"].map(_number),
+            "study kappa (95% CI)": [f"{format_metric(_value(k))} ({format_metric(_value(lo))}-{format_metric(_value(hi))})"
+                                     for k, lo, hi in zip(table["study_kappa"], table["kappa_ci_low"], table["kappa_ci_high"], strict=True)],
+            "study AUROC": table["study_auroc"].map(_number), "studies": table["studies"].map(_count),
+        })
+        for column in [name for name in table.columns if name.startswith("kappa_XR_")]:
+            shown[column.removeprefix("kappa_")] = table[column].map(_number)
+        lines += ["", shown.to_markdown(index=False)]
+    for run, reason in skipped:
+        lines.append(f"\nnot summarised: {run}: {reason}")
+    return "\n".join(lines) + "\n"
+
+
+def _value(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _number(value) -> str:
+    return format_metric(_value(value))
+
+
+def _count(value) -> str:
+    return "" if _value(value) is None else str(int(value))

@@ -1,0 +1,40 @@
+"""python -m mura.summarize runs=...: one table for many runs (see conf/summarize.yaml)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mura.errors import exit_on_user_error
+from mura.evaluation.summary import find_runs, summarize_runs, summary_markdown
+from mura.paths import expand_paths
+
+log = logging.getLogger(__name__)
+
+
+def summarize(cfg: DictConfig) -> str:
+    output_dir = Path(cfg.paths.output_dir)
+    # A pattern such as 'outputs/*/*' also matches this command's own new folder: it is not a run.
+    runs = [run for run in find_runs(expand_paths(cfg.runs, "runs")) if run.resolve() != output_dir.resolve()]
+    table, common, skipped = summarize_runs(runs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    markdown = summary_markdown(table, common, skipped)
+    (output_dir / "summary.md").write_text(markdown)
+    table.to_csv(output_dir / "summary.csv", index=False)
+    if skipped:
+        log.warning("%d folder(s) not summarised (listed in summary.md)", len(skipped))
+    print(markdown + f"\nwritten to {output_dir}")
+    return markdown
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="summarize")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    summarize(cfg)
+
+
+if __name__ == "__main__":
+    main()

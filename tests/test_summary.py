@@ -1,0 +1,55 @@
+"""mura.summarize: one table for many runs, sorted on validation, with what could not be read reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import compose_config
+from mura.summarize import summarize
+
+
+def copy_run(run_dir: Path, destination: Path, overrides: list[str]) -> Path:
+    """A training run folder as a sweep job: the trained files plus what Hydra writes beside them."""
+    shutil.copytree(run_dir, destination, ignore=shutil.ignore_patterns("checkpoints", "gradcam", "*.png"))
+    (destination / ".hydra").mkdir()
+    (destination / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    return destination
+
+
+def test_a_sweep_is_one_table_sorted_by_validation_with_unfinished_jobs_reported(trained_run, tmp_path: Path):
+    run_dir, _ = trained_run
+    sweep = tmp_path / "sweep"
+    copy_run(run_dir, sweep / "0", ["experiment=demo", "model.optimizer.lr=0.0003"])
+    better = copy_run(run_dir, sweep / "1", ["experiment=demo", "model.optimizer.lr=0.001"])
+    history = json.loads((better / "history.json").read_text())
+    history[-1]["val/loss"] = 0.01  # job 1's last epoch is now its best, and the best of the sweep
+    (better / "history.json").write_text(json.dumps(history))
+    (sweep / "2" / ".hydra").mkdir(parents=True)  # a job still running: no metrics.json yet
+    evaluation = tmp_path / "evaluation"  # a mura.evaluate folder: metrics, no history
+    evaluation.mkdir()
+    shutil.copy(run_dir / "metrics.json", evaluation / "metrics.json")
+
+    sweep_only = summarize(compose_config([f"runs={sweep}", f"paths.output_dir={tmp_path / 'sweep_summary'}"],
+                                          config_name="summarize"))
+    assert "Shared settings: `experiment=demo`" in sweep_only
+    table = pd.read_csv(tmp_path / "sweep_summary" / "summary.csv")
+    assert table["run"].tolist() == [str(sweep / "1"), str(sweep / "0")]
+    assert table["settings"].tolist() == ["model.optimizer.lr=0.001", "model.optimizer.lr=0.0003"]
+    assert table.loc[0, "best_epoch"] == len(history) - 1 and table.loc[0, "val_loss"] == 0.01
+    assert f"not summarised: {sweep / '2'}: no metrics.json" in sweep_only
+
+    markdown = summarize(compose_config([f"runs=[{sweep},{evaluation}]", f"paths.output_dir={tmp_path / 'out'}"],
+                                        config_name="summarize"))
+    table = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert table["run"].tolist() == [str(sweep / "1"), str(sweep / "0"), str(evaluation)]  # no validation: last
+    assert table["settings"].fillna("").tolist() == ["experiment=demo model.optimizer.lr=0.001",
+                                                     "experiment=demo model.optimizer.lr=0.0003", ""]
+    assert pd.isna(table.loc[2, "epochs"])
+    test_kappa = json.loads((run_dir / "metrics.json").read_text())["study"]["overall"]["kappa"]
+    assert table["study_kappa"].tolist() == [test_kappa] * 3
+    assert {f"kappa_{part}" for part in ("XR_WRIST", "XR_HAND")} <= set(table.columns)
+    assert (tmp_path / "out" / "summary.md").read_text() == markdown
