@@ -50,6 +50,19 @@ def test_evaluate_reproduces_the_training_test_numbers(trained_run, synthetic_ro
     assert "| overall" in markdown and "0.705 (0.700-0.710)" in markdown  # the paper's overall kappa beside ours
 
 
+def test_evaluation_from_the_cache_with_normalisation_on_the_device_equals_the_plain_path(
+        trained_run, synthetic_root: Path, tmp_path: Path):
+    """What mura.evaluate does by default on a GPU (conf/evaluate.yaml), checked against the plain path."""
+    best = trained_run[0] / "checkpoints" / "best.ckpt"
+    plain = evaluate(evaluate_config(synthetic_root, tmp_path / "plain", best, "data.cache=false", "data.augment_on_device=false"))
+    fast = evaluate(evaluate_config(synthetic_root, tmp_path / "fast", best, "data.cache=true", "data.augment_on_device=true",
+                                    f"data.cache_dir={tmp_path / 'cache'}"))
+    assert list((tmp_path / "cache").glob("*.u8"))
+    assert np.allclose(all_numbers(fast), all_numbers(plain), atol=1e-5, rtol=0)
+    plain_studies, fast_studies = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("plain", "fast"))
+    assert np.allclose(fast_studies["probability"], plain_studies["probability"], atol=1e-5)
+
+
 def test_ensemble_tta_bootstrap_and_any_body_parts(trained_run, synthetic_root: Path, tmp_path: Path):
     run_dir, _ = trained_run
     best, last = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
