@@ -77,11 +77,18 @@ def test_sigterm_saves_a_checkpoint_before_exiting(synthetic_root: Path, tmp_pat
     assert interrupted.is_file()
     checkpoint = torch.load(interrupted, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] >= 6 and "mura" in checkpoint
-    # The same command again, without ckpt_path: refused, rather than overwriting (or quietly resuming) the run.
-    written = interrupted.read_bytes()
-    again = run_train(cli_overrides(synthetic_root, run_dir, epochs=5), tmp_path, check=False)
-    assert again.returncode == 2 and "interrupted.ckpt" in again.stderr and "pass ckpt_path=last to resume" in again.stderr
-    assert interrupted.read_bytes() == written
+
+
+def test_a_new_run_in_a_folder_with_checkpoints_is_refused(synthetic_root: Path, tmp_path: Path):
+    """Rather than overwriting the run's checkpoints (or resuming from one unasked, as Lightning would)."""
+    from mura.errors import ConfigError
+
+    interrupted = tmp_path / "checkpoints" / "interrupted.ckpt"
+    interrupted.parent.mkdir()
+    interrupted.write_bytes(b"the state of an interrupted run")
+    with pytest.raises(ConfigError, match=r"holds interrupted\.ckpt: pass ckpt_path=last to resume"):
+        train(compose_config(tiny_training_overrides(synthetic_root, tmp_path)))
+    assert interrupted.read_bytes() == b"the state of an interrupted run"
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path, monkeypatch):

@@ -67,18 +67,28 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.Comple
     return result
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_fast_dev_run_of_each_experiment_through_the_command_line(experiment: str, synthetic_root: Path, tmp_path: Path):
+def fast_dev_run_overrides(experiment: str, root: Path) -> list[str]:
     shrink = [] if experiment.startswith("seed") else ["data.image_size=64", "model.pretrained=false"]
+    return [f"experiment={experiment}", f"data.root={root}", "data.synthetic=null", "trainer.fast_dev_run=true",
+            "data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu", *shrink]
+
+
+def test_all_parts_fast_dev_run_through_the_command_line(synthetic_root: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
-    result = run_cli(
-        [f"experiment={experiment}", f"data.root={synthetic_root}", "data.synthetic=null", "trainer.fast_dev_run=true",
-         "data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}", *shrink],
-        cwd=tmp_path,
-    )
+    result = run_cli([*fast_dev_run_overrides("all_parts", synthetic_root), f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert "Test split" in result.stdout
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "splits.csv").is_file()
     assert (run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("experiment", [name for name in EXPERIMENTS if name != "all_parts"])
+def test_fast_dev_run_of_every_other_experiment(experiment: str, synthetic_root: Path, tmp_path: Path):
+    """The same, in this process (the command line adds only Hydra's run folder, tested above and by the sweeps)."""
+    from mura.train import train
+
+    metrics = train(compose_config([*fast_dev_run_overrides(experiment, synthetic_root), f"paths.output_dir={tmp_path}"]))
+    assert "test/study/kappa" in metrics or "test/loss" in metrics
+    assert (tmp_path / "splits.csv").is_file() and (tmp_path / "metrics.json").is_file()
 
 
 def test_two_job_multirun(synthetic_root: Path, tmp_path: Path):
