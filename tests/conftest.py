@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,15 @@ TINY_SYNTHETIC = SyntheticConfig(
     workers=1,
     edge_cases=True,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir_outside_the_checkout(tmp_path_factory) -> Path:
+    """`paths.data_dir` (caches, generated data) of every run here, and of the commands the tests start, is a
+    temporary folder: a test never writes into the checkout's data/."""
+    data_dir = tmp_path_factory.mktemp("data_dir")
+    os.environ["MURA_DATA_DIR"] = str(data_dir)
+    return data_dir
 
 
 @pytest.fixture(scope="session")
