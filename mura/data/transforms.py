@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RECIPES = ("paper", "seed")
+INTERPOLATION = v2.InterpolationMode.BILINEAR  # of the random rotation and affine warps, as on the device path
 
 
 class RepeatChannels(nn.Module):
@@ -70,11 +71,13 @@ def build_transforms(recipe: str, image_size: int, channels: int, train: bool, r
         raise ValueError(f"data.recipe must be one of {RECIPES}, not {recipe!r}")
     steps: list[nn.Module] = [ResizeSquare(image_size)] if resize else []
     if train:
+        # Bilinear with zero fill, as the device path (mura.data.device_augment: grid_sample, bilinear, zero
+        # padding): both paths must train on the same pixels (torchvision's default here would be NEAREST).
         if recipe == "paper":
-            random_steps = [v2.RandomHorizontalFlip(), v2.RandomRotation(30)]
+            random_steps = [v2.RandomHorizontalFlip(), v2.RandomRotation(30, interpolation=INTERPOLATION, fill=0)]
         else:
             random_steps = [
-                v2.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+                v2.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.9, 1.1), interpolation=INTERPOLATION, fill=0),
                 v2.RandomHorizontalFlip(),
                 v2.RandomVerticalFlip(),
             ]
