@@ -8,20 +8,23 @@ train/eval mode it was found in (the library leaves it in eval mode).
 from __future__ import annotations
 
 import contextlib
+import textwrap
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from pytorch_grad_cam import GradCAM  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget  # noqa: E402
-from torch import nn  # noqa: E402
+from mura.models.backbones import gradcam_layer
 
-from mura.models.backbones import gradcam_layer  # noqa: E402
+PANEL_INCHES = 3.0  # width and height of one view
+MIN_WIDTH_INCHES = 4.5  # a one-view figure still holds a readable title
+TITLE_POINTS = 10
+TITLE_CHARS_PER_INCH = 11  # a safe (wide) estimate of characters per inch at TITLE_POINTS
 
 
 @contextlib.contextmanager
@@ -48,22 +51,29 @@ def gradcam_maps(network: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, 
 
 def overlay_figure(
     radiographs: list[np.ndarray], maps: np.ndarray, probabilities: np.ndarray, title: str
-) -> plt.Figure:
-    """The views of one study side by side, heat map over the radiograph (jet at alpha 0.4, as the seed)."""
-    figure, axes = plt.subplots(1, len(radiographs), figsize=(3 * len(radiographs), 3.4), squeeze=False)
+) -> Figure:
+    """The views of one study side by side, heat map over the radiograph (jet at alpha 0.4, as the seed).
+
+    A bare `Figure`: it needs no backend and leaves no pyplot state behind (safe in a headless training run); save it
+    with `save_figure`, hand it to TensorBoard's `add_figure`, or `display` it in a notebook. The title is wrapped to
+    the figure's width, so it is whole for any number of views."""
+    width = max(PANEL_INCHES * len(radiographs), MIN_WIDTH_INCHES)
+    lines = textwrap.wrap(title, width=int(width * TITLE_CHARS_PER_INCH), break_on_hyphens=False) or [""]
+    height = PANEL_INCHES + 0.4 + 0.2 * len(lines)
+    figure = Figure(figsize=(width, height), layout="constrained")
+    axes = figure.subplots(1, len(radiographs), squeeze=False)
     for axis, radiograph, heat, probability in zip(axes[0], radiographs, maps, probabilities, strict=True):
         axis.imshow(radiograph, cmap="gray", vmin=0, vmax=255)
         axis.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
         axis.set_title(f"p(abnormal) = {probability:.2f}", fontsize=9)
         axis.axis("off")
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    figure.suptitle("\n".join(lines), fontsize=TITLE_POINTS)
     return figure
 
 
 def study_heatmap_figure(
     network: nn.Module, inputs: torch.Tensor, radiographs: list[np.ndarray], title: str
-) -> tuple[plt.Figure, np.ndarray]:
+) -> tuple[Figure, np.ndarray]:
     """Grad-CAM of every view of one study over its radiograph (resized to the network's input), and the views'
     probabilities. `title` may hold `{probability}`: the study's probability (mean of its views)."""
     maps, probabilities = gradcam_maps(network, inputs)
@@ -72,7 +82,7 @@ def study_heatmap_figure(
     return overlay_figure(shown, maps, probabilities, title.format(probability=probabilities.mean())), probabilities
 
 
-def save_figure(figure: plt.Figure, path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
+    """Write the figure as an image (a bare `Figure` holds no pyplot state: there is nothing to close)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
-    plt.close(figure)

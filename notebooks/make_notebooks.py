@@ -2,6 +2,10 @@
 
 Notebooks are thin: every step is a call into the package. They read their inputs from environment variables
 (MURA_DATA_ROOT, MURA_RUN_DIR, MURA_EVAL_DIR) or fall back to the newest run under outputs/.
+
+A cell that draws starts with FIGURE (`# figure`): tests/test_notebooks.py checks that each such cell shows an image
+when the notebook runs in a Jupyter kernel. The package draws on bare matplotlib `Figure`s (no backend, no pyplot);
+the notebooks `display` them, which needs the inline backend (`%matplotlib inline`).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
+FIGURE = "# figure\n"  # the first line of every cell that draws
 
-SETUP = '''import os
+SETUP = '''%matplotlib inline
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -43,7 +49,7 @@ table = build_index(root)
 splits = assign_splits(table, val_fraction=0.1, seed=12345)
 split_table(splits)'''),
         new_markdown_cell("## Normal and abnormal examples per body part"),
-        new_code_cell('''parts = sorted(splits["body_part"].unique())
+        new_code_cell(FIGURE + '''parts = sorted(splits["body_part"].unique())
 figure, axes = plt.subplots(2, len(parts), figsize=(2.2 * len(parts), 5), squeeze=False)
 for column, part in enumerate(parts):
     for row, label in enumerate((0, 1)):
@@ -51,17 +57,17 @@ for column, part in enumerate(parts):
         axis = axes[row][column]
         axis.axis("off")
         if len(candidates):
-            axis.imshow(load_grayscale(root / candidates["path"].iloc[0]), cmap="gray")
+            axis.imshow(load_grayscale(root / candidates["path"].iloc[0]), cmap="gray", vmin=0, vmax=255)
             axis.set_title(f"{part[3:].lower()} {'abnormal' if label else 'normal'}", fontsize=8)
 figure.tight_layout()'''),
         new_markdown_cell("## The audit: inconsistent data and edge cases, found by rule"),
-        new_code_cell('''audit = audit_release(root, progress=False)
+        new_code_cell(FIGURE + '''audit = audit_release(root, progress=False)
 problems = pd.DataFrame(audit["problems"])
 display(pd.Series(audit["summary"], name="count").to_frame())
 examples = problems[problems["kind"].isin(["inverted_image", "near_blank_image", "duplicate_image"])].drop_duplicates("kind")
 figure, axes = plt.subplots(1, max(1, len(examples)), figsize=(3 * max(1, len(examples)), 3), squeeze=False)
 for axis, (_, problem) in zip(axes[0], examples.iterrows(), strict=False):
-    axis.imshow(load_grayscale(root / problem["path"]), cmap="gray")
+    axis.imshow(load_grayscale(root / problem["path"]), cmap="gray", vmin=0, vmax=255)  # as it is: no contrast stretch
     axis.set_title(problem["kind"], fontsize=9)
     axis.axis("off")'''),
     ],
@@ -69,21 +75,33 @@ for axis, (_, problem) in zip(axes[0], examples.iterrows(), strict=False):
         new_markdown_cell("# Results: learning curves, overfitting, comparison with Stanford's model and radiologists\n\n"
                           "`MURA_RUN_DIR`: a training run folder (default: the newest under outputs/). `MURA_EVAL_DIR`: an "
                           "evaluation folder, e.g. the wrist model on all body parts (optional)."),
-        new_code_cell("import json\n" + SETUP + '''
-from mura.callbacks.curves import draw_curves
+        new_code_cell('''%matplotlib inline
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from mura.callbacks.curves import curves_figure
 from mura.evaluation.report import comparison_table, metrics_table
 ''' + NEWEST_RUN + '''
 run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))
+print("run folder:", run_dir.resolve())
+hydra_dir = run_dir / ".hydra"  # what `python -m mura.train` recorded about the run
+if (hydra_dir / "config.yaml").is_file():
+    task = OmegaConf.load(hydra_dir / "config.yaml").get("task_name")
+    overrides = list(OmegaConf.load(hydra_dir / "overrides.yaml")) if (hydra_dir / "overrides.yaml").is_file() else []
+    experiment = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")), None)
+    print(f"task: {task}, experiment: {experiment or '- (none)'}, overrides: {' '.join(overrides) or '-'}")
+else:
+    print("no .hydra/config.yaml in it: its task and experiment were not recorded")
 history = json.loads((run_dir / "history.json").read_text())
 pd.DataFrame(history).set_index("epoch").round(3)'''),
         new_markdown_cell("## Learning curves and the train-validation gap"),
-        new_code_cell('''import tempfile
-
-curves = Path(tempfile.mkdtemp()) / "curves.png"  # redrawn here; the run folder is left as it is
-onset = draw_curves(history, curves)
+        new_code_cell(FIGURE + '''figure, onset = curves_figure(history)  # as the run's curves.png, drawn from its history.json
 print("overfitting starts after epoch", onset if onset is not None else "- (not seen)")
-plt.imshow(plt.imread(curves))
-plt.axis("off");'''),
+display(figure)'''),
         new_markdown_cell("## Study-level kappa beside the paper (its numbers are on the hidden test set)"),
         new_code_cell('''report = json.loads((run_dir / "metrics.json").read_text())
 comparison_table(report)'''),
@@ -98,7 +116,8 @@ else:
     "03_explainability.ipynb": [
         new_markdown_cell("# Explainability: Grad-CAM over validation studies\n\n`MURA_RUN_DIR`: a training run folder; "
                           "`MURA_DATA_ROOT`: its data root."),
-        new_code_cell('''import os
+        new_code_cell('''%matplotlib inline
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -115,14 +134,15 @@ model = load_classifier(run_dir / "checkpoints" / "best.ckpt")
 splits = pd.read_csv(run_dir / "splits.csv")
 hp = model.hparams
 transform = build_transforms(hp.recipe, hp.image_size, hp.in_channels, train=False)'''),
-        new_code_cell('''val = splits[splits["split"] == "val"]
+        new_code_cell(FIGURE + '''val = splits[splits["split"] == "val"]
 studies = [val[val["label"] == label]["study"].iloc[0] for label in (0, 1) if (val["label"] == label).any()]
 for study in studies:
     views = val[val["study"] == study].head(4)
     raw = [load_grayscale(root / path) for path in views["path"]]
     batch = torch.stack([transform(torch.from_numpy(p).unsqueeze(0)) for p in raw])
     truth = "abnormal" if views["label"].iloc[0] else "normal"
-    study_heatmap_figure(model.network, batch, raw, f"{study} (truth: {truth}), p(abnormal) = {{probability:.2f}}")'''),
+    figure, _ = study_heatmap_figure(model.network, batch, raw, f"{study} (truth: {truth}), p(abnormal) = {{probability:.2f}}")
+    display(figure)'''),
     ],
 }
 

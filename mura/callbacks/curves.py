@@ -7,11 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
+import pytorch_lightning as pl
+from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +64,21 @@ class LearningCurves(pl.Callback):
 
 
 def draw_curves(history: list[dict[str, float]], path: Path, patience: int = 2) -> int | None:
-    """Plot the history; returns the overfitting onset epoch it marked, if any."""
+    """Plot the history into `path`; returns the overfitting onset epoch it marked, if any."""
+    figure, onset = curves_figure(history, patience)
+    figure.savefig(path, dpi=100)
+    return onset
+
+
+def curves_figure(history: list[dict[str, float]], patience: int = 2) -> tuple[Figure, int | None]:
+    """The learning curves as a figure (a bare `Figure`: no backend, no pyplot state to close; a notebook can
+    `display` it), and the overfitting onset epoch it marks, if any."""
     epochs = [row["epoch"] for row in history]
     train_loss = [row.get("train/loss", float("nan")) for row in history]
     val_loss = [row.get("val/loss", float("nan")) for row in history]
     onset_index = overfitting_onset(train_loss, val_loss, patience)
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
+    figure = Figure(figsize=(5 * len(PANELS), 4), layout="tight")
+    axes = figure.subplots(1, len(PANELS))
     for axis, (title, template) in zip(axes, PANELS, strict=True):
         for stage, style in (("train", "-o"), ("val", "-s")):
             values = [row.get(template.format(stage=stage), float("nan")) for row in history]
@@ -86,7 +92,4 @@ def draw_curves(history: list[dict[str, float]], path: Path, patience: int = 2) 
         axes[0].fill_between(epochs[onset_index:], train_loss[onset_index:], val_loss[onset_index:], color="tab:red",
                              alpha=0.15, label="train-val gap")
     axes[0].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return epochs[onset_index] if onset_index is not None else None
+    return figure, epochs[onset_index] if onset_index is not None else None
