@@ -10,17 +10,20 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mura.data.audit import audit_markdown, audit_release
-from mura.data.index import check_root
-from mura.data.synthetic import SyntheticConfig, ensure_synthetic
+from mura.data.index import check_root, refuse_writes_inside
+from mura.data.synthetic import choose_data_root, ensure_synthetic
 from mura.errors import exit_on_user_error
 
 log = logging.getLogger(__name__)
 
 
 def run_audit(cfg: DictConfig) -> dict:
-    if cfg.data.get("synthetic"):
-        ensure_synthetic(cfg.data.root, SyntheticConfig(**OmegaConf.to_container(cfg.data.synthetic, resolve=True)))
-    root = check_root(cfg.data.root)
+    root, synthetic = choose_data_root(cfg.data.root, OmegaConf.to_container(cfg.data.synthetic, resolve=True)
+                                       if cfg.data.get("synthetic") else None)
+    if synthetic is not None:
+        ensure_synthetic(root, synthetic)
+    root = check_root(root)
+    refuse_writes_inside(root, {"paths.output_dir": cfg.paths.output_dir})
     audit = audit_release(root, check_pixels=cfg.check_pixels, workers=cfg.workers)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

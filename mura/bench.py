@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mura import speed
+from mura.data.index import refuse_writes_inside
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic
 from mura.errors import exit_on_user_error
 from mura.evaluation.inference import pick_device
@@ -43,6 +44,7 @@ def run_bench(cfg: DictConfig) -> dict:
                                 SyntheticConfig(**OmegaConf.to_container(cfg.synthetic, resolve=True)))
     root = Path(root)
     cache_dir = Path(cfg.cache_dir)
+    refuse_writes_inside(root, {"paths.output_dir": cfg.paths.output_dir, "cache_dir": cache_dir})
     common = {"image_size": cfg.image_size, "channels": cfg.channels, "device": device}
     measures = {
         "data": lambda recipe, settings: speed.measure_data(root, recipe, batch_size=settings["batch_size"], workers=cfg.workers,

@@ -9,14 +9,19 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from mura.errors import exit_on_user_error
+from mura.data.index import parse_body_parts, refuse_writes_inside
+from mura.errors import ConfigError, exit_on_user_error
 from mura.evaluation.inference import average_ensemble, pick_device, predict_images
 from mura.evaluation.metrics import metrics_report
 from mura.evaluation.report import metrics_table, write_run_outputs
-from mura.models.checkpoint import load_classifier
+from mura.models.checkpoint import load_classifier, training_split
 from mura.paths import expand_paths
 
 log = logging.getLogger(__name__)
+
+# The splits carved out of the official train split: scoring them needs the training run's own split.
+CARVED_SPLITS = ("train", "val")
+UNRECORDED_SPLIT = {"split_seed": 0, "val_fraction": 0.1}
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -24,6 +29,7 @@ def evaluate(cfg: DictConfig) -> dict:
     checkpoints = expand_paths(cfg.ckpt_path, "ckpt_path")
     device = pick_device(cfg.eval.device)
     split = cfg.eval.split
+    data_settings = split_settings(cfg.data, [training_split(path) for path in checkpoints], checkpoints, split)
     predictions, threshold, datamodule = [], None, None
     datamodules = {}  # one per preprocessing: an ensemble of one recipe reads the index once
     for path in checkpoints:
@@ -32,9 +38,12 @@ def evaluate(cfg: DictConfig) -> dict:
         if preprocessing not in datamodules:
             with open_dict(cfg):
                 cfg.data.image_size, cfg.data.recipe, cfg.data.channels = preprocessing
+                cfg.data.update(data_settings["data"])
                 cfg.data.splits_dir = None
             datamodules[preprocessing] = instantiate(cfg.data)
-            datamodules[preprocessing].setup("test")
+            refuse_writes_inside(datamodules[preprocessing].root, {"paths.output_dir": cfg.paths.output_dir})
+            datamodules[preprocessing].setup(splits=(split,))
+            check_same_split(datamodules[preprocessing].split_definition, data_settings["trained"], split)
         datamodule = datamodules[preprocessing]
         loader = datamodule.dataloader(split, shuffle=False, train_transforms=False)
         images, skipped = predict_images(model, loader, tta_flip=cfg.eval.tta, bf16=cfg.eval.bf16)
@@ -44,7 +53,8 @@ def evaluate(cfg: DictConfig) -> dict:
         threshold = model.hparams.threshold if threshold is None else threshold
     threshold = cfg.eval.threshold if cfg.eval.threshold is not None else threshold
     images = average_ensemble(predictions)
-    report = metrics_report(images, threshold=threshold, bootstrap=cfg.eval.bootstrap, seed=cfg.seed)
+    # The bootstrap's default seed, as in training's test table: one checkpoint, one set of intervals.
+    report = metrics_report(images, threshold=threshold, bootstrap=cfg.eval.bootstrap)
     output_dir = Path(cfg.paths.output_dir)
     what = "ensemble of " + str(len(checkpoints)) if len(checkpoints) > 1 else "one model"
     write_run_outputs(
@@ -56,6 +66,57 @@ def evaluate(cfg: DictConfig) -> dict:
     print(f"\n{split} split ({datamodule.root}), study level:\n{metrics_table(report, 'study').to_markdown(index=False)}"
           f"\n\nwritten to {output_dir}")
     return report
+
+
+def split_settings(requested: DictConfig, trained: list[dict | None], checkpoints: list[str], split: str) -> dict:
+    """The data settings an evaluation uses: `data.body_parts`, `data.split_seed` and `data.val_fraction` as the
+    training run had them unless the command line says otherwise; on the train and validation splits, which the
+    run carved out of the official train split, a setting that differs from the run's is refused.
+
+    Returns {"data": settings to apply, "trained": the members' common split record or None}.
+    """
+    recorded = [record for record in trained if record is not None]
+    if len(recorded) < len(trained) and split in CARVED_SPLITS:
+        missing = [path for path, record in zip(checkpoints, trained, strict=True) if record is None]
+        raise ConfigError(f"{missing[0]} records no training split (an older mura wrote it): its {split} split cannot be "
+                          "rebuilt; evaluate it on the test split (eval.split=test)")
+    digests = {record["val_patients_digest"] for record in recorded}
+    if len(digests) > 1 and split in CARVED_SPLITS:
+        raise ConfigError(f"the checkpoints were trained with different validation splits ({len(digests)} of them): an "
+                          f"ensemble's {split} split would hold some members' training patients; evaluate them one by one")
+    reference = recorded[0] if recorded else None
+    settings = {}
+    body_parts = requested.get("body_parts")
+    if body_parts is None:
+        trained_parts = {tuple(record["body_parts"]) for record in recorded}
+        if len(trained_parts) > 1:
+            raise ConfigError("the checkpoints were trained on different body parts "
+                              f"({' / '.join(','.join(parts) for parts in sorted(trained_parts))}): pass data.body_parts")
+        settings["body_parts"] = list(trained_parts.pop()) if trained_parts else "all"
+    else:
+        settings["body_parts"] = parse_body_parts(body_parts)
+    for key in ("split_seed", "val_fraction"):
+        value = requested.get(key)
+        if reference is not None and value is not None and value != reference[key] and split in CARVED_SPLITS:
+            raise ConfigError(
+                f"data.{key}={value} differs from the training run's {reference[key]}: its {split} split would not be "
+                f"the one it trained with (other patients, some of them trained on); leave data.{key} out to use the run's"
+            )
+        # Without a record the split settings matter only to carved splits, refused above: any value will do.
+        settings[key] = value if value is not None else reference[key] if reference else UNRECORDED_SPLIT[key]
+    return {"data": settings, "trained": reference}
+
+
+def check_same_split(rebuilt: dict, trained: dict | None, split: str) -> None:
+    """The validation patients rebuilt from data.root must be the run's: same settings, same release."""
+    if trained is None or split not in CARVED_SPLITS:
+        return
+    if rebuilt["val_patients_digest"] != trained["val_patients_digest"]:
+        raise ConfigError(
+            f"the validation patients rebuilt from this data.root ({rebuilt['val_patients']}, digest "
+            f"{rebuilt['val_patients_digest']}) are not the training run's ({trained['val_patients']}, digest "
+            f"{trained['val_patients_digest']}): the data differ from what it trained on, so its {split} split cannot be rebuilt"
+        )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -29,10 +31,25 @@ def predict(cfg: DictConfig) -> list[dict]:
             results.append(line)
             text = json.dumps(line)
             sink.write(text + "\n")
-            print(text, flush=True)
+            if not print_line(text):
+                log.info("stdout was closed after %d study(ies) (`| head`, say); stopping. %s holds them", len(results),
+                         output_dir / "predictions.jsonl")
+                return results
     problems = sum("error" in line or "skipped" in line for line in results)
     log.info("%d study(ies) predicted, %d with problems; written to %s", len(results), problems, output_dir / "predictions.jsonl")
     return results
+
+
+def print_line(text: str) -> bool:
+    """Print a result line; False once the reader has gone (`mura.predict ... | head`): the user has what they
+    asked for, so that is a quiet end, not a BrokenPipeError traceback."""
+    try:
+        print(text, flush=True)
+        return True
+    except BrokenPipeError:
+        # Python would try to flush stdout again at exit and fail once more: point it at /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

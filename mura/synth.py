@@ -7,15 +7,18 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mura.data.synthetic import SyntheticConfig, ensure_synthetic, generate
-from mura.errors import exit_on_user_error
+from mura.data.synthetic import choose_data_root, ensure_synthetic, generate
+from mura.errors import ConfigError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
 
 def synthesize(cfg: DictConfig) -> str:
-    config = SyntheticConfig(**OmegaConf.to_container(cfg.data.synthetic, resolve=True))
-    root = generate(cfg.data.root, config) if cfg.force else ensure_synthetic(cfg.data.root, config)
+    if cfg.data.get("root"):
+        raise ConfigError("mura.synth writes into data.synthetic.dir; data.root names real data, which no command writes: "
+                          f"pass data.synthetic.dir={cfg.data.root} to generate there (a new, empty or synthetic folder)")
+    root, config = choose_data_root(None, OmegaConf.to_container(cfg.data.synthetic, resolve=True))
+    root = generate(root, config) if cfg.force else ensure_synthetic(root, config)
     log.info("synthetic MURA-v1.1 at %s", root)
     return str(root)
 

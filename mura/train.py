@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import signal
 import warnings
 from pathlib import Path
@@ -15,10 +17,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mura.callbacks.gradcam import GradCamGallery
+from mura.data.index import BODY_PARTS
 from mura.errors import ConfigError, exit_on_user_error
+from mura.evaluation.metrics import LOGGED_METRICS
 from mura.evaluation.report import metrics_table, write_run_outputs
+from mura.models.checkpoint import checkpoint_epoch, read_checkpoint
 
 log = logging.getLogger(__name__)
+
+# What MuraClassifier logs per stage: the loss, and the report's metrics overall and per body part.
+SELECTABLE = re.compile(rf"(train|val)/(loss|(study|image)(/({'|'.join(BODY_PARTS)}))?/({'|'.join(LOGGED_METRICS)}))")
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -27,15 +36,20 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit and test as `cfg` says; returns the final callback metrics as floats."""
+    """Fit, then test the selected checkpoint, as `cfg` says; returns the final callback metrics as floats, and
+    `selection/score`: the selection metric's value at the selected checkpoint (what a sweeper receives)."""
     if cfg.get("seed") is not None:  # `is not None`: seed 0 is a seed
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    check_selection(cfg.selection.metric, cfg.selection.mode)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    # _convert_="all": every value reaching the model (the optimiser's betas, say) and so its checkpoints is a plain
+    # Python value; an OmegaConf ListConfig in the optimiser state makes torch.load(weights_only=True) refuse the file.
+    model = instantiate(cfg.model, _convert_="all")
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(cfg.get("logger")) or False
     )
+    refuse_lightning_sharding(trainer.world_size, cfg.trainer.get("use_distributed_sampler", True))
     ckpt_path = cfg.get("ckpt_path")
     refuse_to_overwrite(output_dir / "checkpoints", ckpt_path)
     try:
@@ -50,22 +64,77 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.error("stopped by SIGTERM; %s holds the state to resume from (ckpt_path=that file)", output_dir / "checkpoints")
         raise SystemExit(128 + signal.SIGTERM) from None
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    selected = selected_checkpoint(trainer, cfg.selection.metric)
+    metrics["selection/score"] = selected["score"]
 
-    if cfg.get("test"):
-        if not datamodule.has_split("test"):
-            log.warning("no test split: %s lists no valid images for %s; skipping the test", datamodule.root, datamodule.body_parts)
-        else:
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
-            if trainer.is_global_zero:
-                write_test_outputs(model, datamodule, output_dir)
-            metrics.update({key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")})
-    report_skipped(model.all_skipped_images(), output_dir, trainer.is_global_zero)
+    if cfg.get("test") and not datamodule.has_split("test"):
+        log.warning("no test split: %s lists no valid images for %s; skipping the test", datamodule.root, datamodule.body_parts)
+    elif cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, ckpt_path=selected["checkpoint"], verbose=False, weights_only=True)
+        if trainer.is_global_zero:
+            write_test_outputs(model, datamodule, output_dir, selected["description"])
+        metrics.update({key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")})
+    elif selected["checkpoint"]:
+        model.load_state_dict(read_checkpoint(selected["checkpoint"])["state_dict"])  # what a test would have scored
+    draw_final_galleries(trainer, model, selected)
+    if trainer.is_global_zero:
+        record = {key: value for key, value in selected.items() if key != "description"}
+        record["score"] = None if math.isnan(record["score"]) else record["score"]  # JSON has no NaN
+        (output_dir / "selection.json").write_text(json.dumps(
+            {"metric": cfg.selection.metric, "mode": cfg.selection.mode, **record}, indent=2))
+    report_skipped(sorted(set(model.all_skipped_images()) | set(datamodule.skipped)), output_dir, trainer.is_global_zero)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Lightning leaves the process group up; tearing it down here keeps gloo's threads from aborting at exit.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return metrics
+
+
+def check_selection(metric: str, mode: str) -> None:
+    """The selection rule names a metric training logs (checked before anything runs), and a direction."""
+    if mode not in ("min", "max"):
+        raise ConfigError(f"selection.mode must be min or max, not {mode!r}")
+    if not SELECTABLE.fullmatch(metric):
+        raise ConfigError(
+            f"selection.metric {metric!r} is not a metric training logs: val/loss, val/study/kappa, val/image/auroc, "
+            f"val/study/XR_WRIST/kappa, ... ({', '.join(LOGGED_METRICS)}; train/ works too). A model is never chosen "
+            "on the test split"
+        )
+
+
+def refuse_lightning_sharding(world_size: int, use_distributed_sampler: bool) -> None:
+    """Our sampler shards itself across processes; Lightning's distributed sampler on top would shard the shards."""
+    if world_size > 1 and use_distributed_sampler:
+        raise ConfigError(
+            f"trainer.use_distributed_sampler=true with {world_size} processes would give each process a 1/{world_size} "
+            f"share of its own shard (mura's sampler shards itself, exactly): leave it false, as trainer=ddp does "
+            "(or use trainer=ddp)"
+        )
+
+
+def selected_checkpoint(trainer: pl.Trainer, metric: str) -> dict:
+    """The checkpoint the selection rule chose (best.ckpt: the checkpoint callback that monitors the selection metric),
+    its epoch and score; without one, the final weights and the last epoch's score."""
+    callback = next((callback for callback in trainer.checkpoint_callbacks if getattr(callback, "monitor", None) == metric), None)
+    if callback is not None and callback.best_model_path:
+        epoch = checkpoint_epoch(callback.best_model_path)
+        return {"checkpoint": callback.best_model_path, "epoch": epoch, "score": _defined(callback.best_model_score),
+                "description": f"{callback.best_model_path} (epoch {epoch})"}
+    return {"checkpoint": None, "epoch": trainer.current_epoch - 1, "score": _defined(trainer.callback_metrics.get(metric)),
+            "description": "the final weights (checkpointing is off)"}
+
+
+def _defined(value) -> float:
+    """A score, or NaN when undefined: ModelCheckpoint stores an undefined (NaN) score as -inf or +inf."""
+    return float(value) if value is not None and math.isfinite(float(value)) else float("nan")
+
+
+def draw_final_galleries(trainer: pl.Trainer, model: pl.LightningModule, selected: dict) -> None:
+    """The final Grad-CAM gallery shows the selected (tested) weights, not the last epoch's."""
+    when = f"{Path(selected['checkpoint']).name}, epoch {selected['epoch']}" if selected["checkpoint"] else "final weights"
+    for callback in trainer.callbacks:
+        if isinstance(callback, GradCamGallery):
+            callback.render(trainer, model, "final", when)
 
 
 def refuse_to_overwrite(checkpoint_dir: Path, ckpt_path: str | None) -> None:
@@ -87,13 +156,13 @@ def report_skipped(skipped: list[str], output_dir: Path, write: bool) -> None:
         (output_dir / "skipped_images.txt").write_text("".join(path + "\n" for path in skipped))
 
 
-def write_test_outputs(model, datamodule, output_dir: Path) -> None:
+def write_test_outputs(model, datamodule, output_dir: Path, tested: str) -> None:
     report = model.reports["test"]
     write_run_outputs(
         output_dir, report, model.predictions["test"], datamodule.studies, datamodule.splits["path"],
         model.hparams.threshold, title="Test results after training",
         split_description=f"the test split (official valid) of {datamodule.root}, body parts {', '.join(datamodule.body_parts)}",
-        checkpoints=[str(output_dir / "checkpoints" / "best.ckpt")],
+        checkpoints=[tested],
     )
     table = metrics_table(report, "study").to_markdown(index=False)
     print(f"\nTest split ({datamodule.root}), study level:\n{table}\n\nwritten to {output_dir}")
@@ -102,21 +171,18 @@ def write_test_outputs(model, datamodule, output_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    return sweep_value(train(cfg), cfg.get("optimized_metric"))
+    return sweep_value(train(cfg)["selection/score"], cfg.selection.metric)
 
 
-def sweep_value(metrics: dict[str, float], name: str | None) -> float | None:
-    """What a sweeper optimises. None, not NaN, when the metric is missing or undefined (kappa of a validation
-    split that holds one class): the Optuna sweeper records such a trial as failed and goes on (with
+def sweep_value(score: float, metric: str) -> float | None:
+    """What a sweeper optimises: the selected checkpoint's score. None, not NaN, when it is undefined (kappa of a
+    validation split that holds one class): the Optuna sweeper records such a trial as failed and goes on (with
     max_failure_rate 1.0, conf/hparams_search/optuna.yaml), while a NaN stops the whole search."""
-    if name is None:
+    if math.isnan(score):
+        log.warning("selection.metric %s is undefined (NaN) at the selected checkpoint; this trial reports no value to "
+                    "the sweeper", metric)
         return None
-    value = metrics.get(name)
-    if value is None or math.isnan(value):
-        log.warning("optimized_metric %s is %s; this trial reports no value to the sweeper", name,
-                    "not logged" if value is None else "undefined (NaN)")
-        return None
-    return value
+    return score
 
 
 if __name__ == "__main__":

@@ -70,7 +70,6 @@ def tiny_training_overrides(root: Path, output_dir: Path) -> list[str]:
     return [
         "experiment=demo",
         f"data.root={root}",
-        "data.synthetic=null",
         "data.image_size=48",
         "data.batch_size=16",
         "data.num_workers=0",

@@ -75,7 +75,11 @@ def test_audit_command_writes_json_and_markdown(synthetic_root: Path, tmp_path: 
     assert result.returncode == 0, result.stderr
     audit = json.loads((run_dir / "audit.json").read_text())
     assert audit["summary"]["duplicate_image"] == 2
-    assert "## Problems" in (run_dir / "audit.md").read_text()
+    markdown = (run_dir / "audit.md").read_text()
+    assert "## Problems" in markdown
+    # Whose counts the loss weights come from, beside the ones a training run uses.
+    assert "of the whole official train split" in markdown and "minus its validation patients" in markdown
+    assert audit["loss_weights_from"].startswith("image counts of the whole official train split")
     assert "inverted_image" in result.stdout
 
 

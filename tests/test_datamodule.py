@@ -11,8 +11,8 @@ from mura.data.index import BODY_PARTS, MuraDataError
 from mura.data.split import check_no_leak
 
 
-def make_datamodule(root: Path, **overrides) -> MuraDataModule:
-    settings = dict(root=str(root), image_size=48, recipe="paper", channels=3, batch_size=4, num_workers=0,
+def make_datamodule(root: Path | None, **overrides) -> MuraDataModule:
+    settings = dict(root=None if root is None else str(root), image_size=48, recipe="paper", channels=3, batch_size=4, num_workers=0,
                     val_fraction=0.2, seed=0)
     settings.update(overrides)
     return MuraDataModule(**settings)
@@ -71,15 +71,16 @@ def test_train_image_counts_match_the_training_split(synthetic_root: Path):
     assert sum(c["normal"] + c["abnormal"] for c in counts.values()) == len(train)
 
 
-def test_bad_image_is_an_error_or_a_counted_skip(writable_root: Path):
+def test_an_image_broken_after_the_check_is_an_error_or_a_counted_skip(writable_root: Path):
+    """A file that breaks during a run (after setup checked it) is still named, or counted and skipped."""
     datamodule = make_datamodule(writable_root)
     datamodule.setup("fit")
+    skipping = make_datamodule(writable_root, on_bad_image="skip")
+    skipping.setup("fit")
     victim = datamodule.split_frame("val")["path"].iloc[0]
     (writable_root / victim).write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(Exception, match=victim):
         next(iter(datamodule.dataloader("val", shuffle=False)))
-    skipping = make_datamodule(writable_root, on_bad_image="skip")
-    skipping.setup("fit")
     batch = next(iter(skipping.dataloader("val", shuffle=False)))
     assert batch["skipped"] == [victim]
     assert len(batch["path"]) == 3
@@ -97,9 +98,9 @@ def test_empty_test_split_says_there_is_nothing_to_test(writable_root: Path):
 
 def test_synthetic_settings_generate_on_first_use(tmp_path: Path):
     root = tmp_path / "synthetic" / "MURA-v1.1"
-    synthetic = dict(seed=1, train_patients_per_part=2, valid_patients_per_part=1, image_size=64, max_views=2,
+    synthetic = dict(dir=str(root), seed=1, train_patients_per_part=2, valid_patients_per_part=1, image_size=64, max_views=2,
                      workers=1, edge_cases=False)
-    datamodule = make_datamodule(root, synthetic=synthetic, val_fraction=0.3)
+    datamodule = make_datamodule(None, synthetic=synthetic, val_fraction=0.3)
     datamodule.prepare_data()
     assert (root / "train_image_paths.csv").is_file()
     datamodule.setup("fit")
@@ -110,3 +111,75 @@ def test_prepare_data_fails_fast_on_a_wrong_root(tmp_path: Path):
     (tmp_path / "train_image_paths.csv").write_text("")
     with pytest.raises(MuraDataError, match="train_labeled_studies.csv: missing"):
         make_datamodule(tmp_path).prepare_data()
+
+
+def test_a_patients_split_does_not_depend_on_the_body_parts_selected(synthetic_root: Path):
+    """Drawn over every body part first: a wrist run's validation patients are the all-parts run's wrist patients,
+    so one run's training patients never land in another's validation split."""
+    everything = make_datamodule(synthetic_root, val_fraction=0.3, split_seed=5)
+    wrist = make_datamodule(synthetic_root, val_fraction=0.3, split_seed=5, body_parts=["XR_WRIST"])
+    for module in (everything, wrist):
+        module.setup("validate")
+    all_parts = everything.splits
+    for split in ("train", "val"):
+        expected = set(all_parts.loc[(all_parts["split"] == split) & (all_parts["body_part"] == "XR_WRIST"), "path"])
+        assert set(wrist.split_frame(split)["path"]) == expected
+    assert wrist.split_definition == everything.split_definition  # one split, whatever the parts
+    assert wrist.state_dict()["split"]["body_parts"] == ["XR_WRIST"]
+
+
+def test_setup_refuses_a_patient_in_two_splits(writable_root: Path):
+    """The leak check runs in setup on the user's data, not only in the tests."""
+    from mura.data.split import SplitLeakError
+
+    train_line = (writable_root / "train_image_paths.csv").read_text().splitlines()[0]
+    patient = train_line.split("/")[3]
+    studies = (writable_root / "valid_labeled_studies.csv").read_text().splitlines()
+    moved_from = studies[0].split("/")[3]
+    # Rename a valid patient's folder and CSV rows to a train patient's id.
+    for name in ("valid_image_paths.csv", "valid_labeled_studies.csv"):
+        path = writable_root / name
+        path.write_text(path.read_text().replace(f"/{moved_from}/", f"/{patient}/"))
+    part = studies[0].split("/")[2]
+    (writable_root / "valid" / part / moved_from).rename(writable_root / "valid" / part / patient)
+    with pytest.raises(SplitLeakError, match=f"1 patient.*{patient} \\(test, "):
+        make_datamodule(writable_root).setup("fit")
+
+
+def test_resuming_with_another_split_is_refused(synthetic_root: Path):
+    trained = make_datamodule(synthetic_root, split_seed=1)
+    trained.setup("validate")
+    state = trained.state_dict()
+    same, other = make_datamodule(synthetic_root, split_seed=1), make_datamodule(synthetic_root, split_seed=2)
+    for module in (same, other):
+        module.setup("validate")
+    same.load_state_dict(state)
+    with pytest.raises(MuraDataError, match="another validation split"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("damage", [b"", b"not an image", "truncated"])
+def test_an_unreadable_listed_image_stops_setup_naming_it(writable_root: Path, tmp_path: Path, cache: bool, damage):
+    """Before any training step, whether or not the decode-once cache is on; the test split is checked too."""
+    module = make_datamodule(writable_root, cache=cache, cache_dir=str(tmp_path / "cache"))
+    listed = (writable_root / "valid_image_paths.csv").read_text().splitlines()
+    victim = "/".join(listed[2].split("/")[1:])
+    data = (writable_root / victim).read_bytes()
+    (writable_root / victim).write_bytes(data[: len(data) // 2] if damage == "truncated" else damage)
+    with pytest.raises(MuraDataError, match=f"1 unreadable image.*{victim}.*data.on_bad_image=skip"):
+        module.setup("fit")
+
+
+def test_with_skip_the_unreadable_images_are_listed_before_training(writable_root: Path, tmp_path: Path):
+    listed = (writable_root / "train_image_paths.csv").read_text().splitlines()
+    victims = sorted("/".join(line.split("/")[1:]) for line in listed[3:5])
+    for victim in victims:
+        (writable_root / victim).write_bytes(b"")
+    module = make_datamodule(writable_root, on_bad_image="skip", splits_dir=str(tmp_path))
+    module.setup("fit")
+    assert (tmp_path / "skipped_images.txt").read_text().splitlines() == victims
+    assert not set(victims) & set(module.splits["path"])
+    assert sorted(module.skipped) == victims
+    assert module.splits["image_idx"].tolist() == list(range(len(module.splits)))
+    assert len(pd.read_csv(tmp_path / "splits.csv")) == len(module.splits)

@@ -22,8 +22,7 @@ from mura.predict import predict
 
 def evaluate_config(root: Path, output_dir: Path, ckpt, *extra: str):
     ckpt_override = f"ckpt_path=[{','.join(map(str, ckpt))}]" if isinstance(ckpt, list) else f"ckpt_path={ckpt}"
-    overrides = [ckpt_override, f"data.root={root}", "data.synthetic=null", "data.num_workers=0",
-                 "data.val_fraction=0.3", f"paths.output_dir={output_dir}", *extra]
+    overrides = [ckpt_override, f"data.root={root}", "data.num_workers=0", f"paths.output_dir={output_dir}", *extra]
     return compose_config(overrides, config_name="evaluate")
 
 
@@ -63,17 +62,90 @@ def test_evaluation_from_the_cache_with_normalisation_on_the_device_equals_the_p
     assert np.allclose(fast_studies["probability"], plain_studies["probability"], atol=1e-5)
 
 
-def test_ensemble_tta_bootstrap_and_any_body_parts(trained_run, synthetic_root: Path, tmp_path: Path):
-    run_dir, _ = trained_run
-    best, last = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
-    single = evaluate(evaluate_config(synthetic_root, tmp_path / "one", best, "data.body_parts=[XR_WRIST]"))
-    same_twice = evaluate(evaluate_config(synthetic_root, tmp_path / "twice", [best, best], "data.body_parts=[XR_WRIST]"))
-    assert np.allclose(all_numbers(single), all_numbers(same_twice), atol=1e-9)
-    assert set(single["study"]) == {"overall", "XR_WRIST"}
-    report = evaluate(evaluate_config(synthetic_root, tmp_path / "ens", [best, last], "eval.tta=true", "eval.bootstrap=200"))
-    overall = report["study"]["overall"]
-    assert {"kappa_ci95_bootstrap", "auroc_ci95_bootstrap"} <= set(overall)
-    assert "Evaluation (ensemble of 2, flip TTA)" in (tmp_path / "ens" / "report.md").read_text()
+@pytest.fixture(scope="module")
+def wrist_hand_run(synthetic_root: Path, tmp_path_factory) -> Path:
+    """A second, different model: another seed (and so another validation split), wrist and hand only."""
+    from conftest import tiny_training_overrides
+    from mura.train import train
+
+    output_dir = tmp_path_factory.mktemp("wrist_hand_run")
+    train(compose_config([*tiny_training_overrides(synthetic_root, output_dir), "seed=7", "data.body_parts=[XR_WRIST,XR_HAND]",
+                          "trainer.max_epochs=1", "callbacks.gradcam.every_n_epochs=0"]))
+    return output_dir
+
+
+def image_probabilities(folder: Path) -> pd.Series:
+    return pd.read_csv(folder / "predictions_images.csv").set_index("path")["probability"].sort_index()
+
+
+def test_an_ensemble_is_the_mean_of_its_members_probabilities(trained_run, wrist_hand_run, synthetic_root: Path, tmp_path: Path):
+    members = [trained_run[0] / "checkpoints" / "best.ckpt", wrist_hand_run / "checkpoints" / "best.ckpt"]
+    for index, member in enumerate(members):
+        evaluate(evaluate_config(synthetic_root, tmp_path / str(index), member, "data.body_parts=[XR_WRIST]"))
+    ensemble = evaluate(evaluate_config(synthetic_root, tmp_path / "ensemble", members, "data.body_parts=[XR_WRIST]"))
+    first, second = image_probabilities(tmp_path / "0"), image_probabilities(tmp_path / "1")
+    assert not np.allclose(first, second)  # two different models, or this test would prove nothing
+    assert np.allclose(image_probabilities(tmp_path / "ensemble"), (first + second) / 2, atol=1e-9)
+    assert set(ensemble["study"]) == {"overall", "XR_WRIST"}
+    assert "Evaluation (ensemble of 2)" in (tmp_path / "ensemble" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="trained on different body parts"):
+        evaluate(evaluate_config(synthetic_root, tmp_path / "mixed", members))
+
+
+def test_tta_is_the_mean_of_each_image_and_its_mirror(trained_run, synthetic_root: Path, tmp_path: Path):
+    from mura.data.datamodule import MuraDataModule
+
+    best = trained_run[0] / "checkpoints" / "best.ckpt"
+    evaluate(evaluate_config(synthetic_root, tmp_path, best, "eval.tta=true"))
+    model = load_classifier(best)
+    module = MuraDataModule(root=str(synthetic_root), image_size=model.hparams.image_size, recipe=model.hparams.recipe,
+                            channels=model.hparams.in_channels, num_workers=0, val_fraction=0.3)
+    module.setup("test")
+    batch = next(iter(module.dataloader("test", shuffle=False)))
+    with torch.inference_mode():
+        plain = torch.sigmoid(model(batch["image"]).double())
+        mirrored = torch.sigmoid(model(torch.flip(batch["image"], dims=[-1])).double())
+    expected = ((plain + mirrored) / 2).numpy()
+    assert not np.allclose(plain.numpy(), expected)  # the mirror changes something
+    assert np.allclose(image_probabilities(tmp_path).loc[batch["path"]].to_numpy(), expected, atol=1e-6)
+
+
+def test_confidence_intervals_are_a_patient_bootstrap_that_contains_the_estimate(trained_run, synthetic_root: Path, tmp_path: Path):
+    report = evaluate(evaluate_config(synthetic_root, tmp_path, trained_run[0] / "checkpoints" / "best.ckpt",
+                                      "eval.bootstrap=300"))
+    for level in ("study", "image"):
+        overall = report[level]["overall"]
+        assert overall["bootstrap_replicates"] == 300
+        for name in ("kappa", "auroc"):
+            low, high = overall[f"{name}_ci95"]
+            assert low <= overall[name] <= high, (level, name)
+        assert overall["auroc_ci95"][0] < overall["auroc_ci95"][1]  # (this barely trained model's kappa may be 0 throughout)
+        assert overall["kappa_ci95_se"] is not None  # kept, named for what it is
+    assert "percentile bootstrap over patients (300 replicates" in (tmp_path / "report.md").read_text()
+
+
+def test_the_validation_split_is_the_training_runs_own(trained_run, wrist_hand_run, synthetic_root: Path, tmp_path: Path):
+    """Rebuilt from the checkpoint's record (split seed, fraction, body parts, a digest of the patients); a setting
+    that would give another split is refused."""
+    run_dir = trained_run[0]
+    best = run_dir / "checkpoints" / "best.ckpt"
+    evaluate(evaluate_config(synthetic_root, tmp_path / "val", best, "eval.split=val"))
+    trained = pd.read_csv(run_dir / "splits.csv")
+    assert set(pd.read_csv(tmp_path / "val" / "predictions.csv")["study"]) == set(trained.loc[trained["split"] == "val", "study"])
+    for override in ("data.split_seed=999", "data.val_fraction=0.5"):
+        with pytest.raises(ConfigError, match="differs from the training run's"):
+            evaluate(evaluate_config(synthetic_root, tmp_path / "other", best, "eval.split=val", override))
+    # Without data.body_parts, a wrist-and-hand model is scored on wrists and hands only ...
+    wrist_hand = wrist_hand_run / "checkpoints" / "best.ckpt"
+    report = evaluate(evaluate_config(synthetic_root, tmp_path / "own_parts", wrist_hand))
+    assert set(report["study"]) == {"overall", "XR_HAND", "XR_WRIST"}
+    # ... and on every part's validation studies, none of its training patients appear.
+    evaluate(evaluate_config(synthetic_root, tmp_path / "val_all", wrist_hand, "eval.split=val", "data.body_parts=all"))
+    scored = set(pd.read_csv(tmp_path / "val_all" / "predictions.csv")["study"].str.split("/").str[2])
+    its_training = pd.read_csv(wrist_hand_run / "splits.csv").query("split == 'train'")["patient"]
+    assert scored and not scored & set(its_training)
+    with pytest.raises(ConfigError, match="different validation splits"):
+        evaluate(evaluate_config(synthetic_root, tmp_path / "mixed", [best, wrist_hand], "eval.split=val", "data.body_parts=all"))
 
 
 def test_checkpoints_given_as_a_glob_pattern_expand_in_sorted_order(tmp_path: Path):
@@ -160,16 +232,20 @@ def test_predict_reports_each_study_and_goes_on(trained_run, synthetic_root: Pat
     assert len(written) == 3
 
 
-def test_predict_command_on_a_single_image(trained_run, synthetic_root: Path, tmp_path: Path):
+def test_predict_command_into_a_closed_pipe_and_with_a_bad_checkpoint(trained_run, synthetic_root: Path, tmp_path: Path):
     run_dir, _ = trained_run
-    image = next((synthetic_root / "valid").rglob("image1.png"))
-    result = subprocess.run(
-        [sys.executable, "-m", "mura.predict", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"input={image}",
-         f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    # `| head -n 1` on a folder of studies: the first line, then a quiet end (it was a BrokenPipeError, exit 1).
+    piped = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {sys.executable} -m mura.predict ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'} "
+                       f"input={synthetic_root / 'valid'} hydra.run.dir={tmp_path / 'piped'} | head -n 1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    line = json.loads(result.stdout.strip().splitlines()[-1])
-    assert line["views"][0]["path"] == str(image) and 0 < line["probability"] < 1
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
+    assert "stdout was closed after" in piped.stderr
+    [line] = [json.loads(text) for text in piped.stdout.splitlines()]
+    assert line["study"].startswith(str(synthetic_root / "valid")) and 0 < line["probability"] < 1
+    image = next((synthetic_root / "valid").rglob("image1.png"))
     bad = subprocess.run(
         [sys.executable, "-m", "mura.predict", f"ckpt_path={image}", f"input={image}", f"hydra.run.dir={tmp_path / 'bad'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,

@@ -11,7 +11,8 @@ import torch
 from mura.data.cache import open_or_build_cache
 from mura.data.datamodule import MuraDataModule
 from mura.data.device_augment import DeviceAugmentation, affine_matrices
-from mura.data.images import ImageDecodeError, load_grayscale
+from mura.data.images import load_grayscale
+from mura.data.index import MuraDataError
 from mura.data.transforms import build_transforms, resize_square
 
 
@@ -75,14 +76,17 @@ def test_cache_is_reused_and_rebuilt_when_a_source_changes(writable_root: Path, 
 
 
 def test_a_bad_image_in_the_cache_is_an_error_or_a_skip(writable_root: Path, tmp_path: Path):
-    module = datamodule(writable_root, tmp_path)
-    victim = module.split_frame("val")["path"].iloc[1]
+    victim = datamodule(writable_root, tmp_path).split_frame("val")["path"].iloc[1]
     (writable_root / victim).write_bytes(b"broken")
-    erroring = datamodule(writable_root, tmp_path, cache=True).dataset("val", augment=False)
-    with pytest.raises(ImageDecodeError, match=victim):
-        erroring[1]
-    skipping = datamodule(writable_root, tmp_path, cache=True, on_bad_image="skip").dataset("val", augment=False)
-    assert skipping[1] == {"skipped": victim, "reason": skipping.cache.failures[1]}
+    with pytest.raises(MuraDataError, match=f"1 unreadable image.*{victim}: not an image file"):
+        datamodule(writable_root, tmp_path, cache=True)
+    skipping = datamodule(writable_root, tmp_path, cache=True, on_bad_image="skip")
+    assert skipping.skipped == {victim: "not an image file (unrecognised format)"}
+    dataset = skipping.dataset("val", augment=False)
+    assert victim not in dataset.paths and len(dataset) == len(skipping.split_frame("val"))
+    # The cache still holds every listed image's row: the one left out is recorded there as unreadable.
+    assert dataset.cache.unreadable() == {victim: "not an image file (unrecognised format)"}
+    assert all(dataset[index]["path"] == dataset.paths[index] for index in range(len(dataset)))
 
 
 def test_cache_building_with_workers_matches_one_process(synthetic_root: Path, tmp_path: Path):

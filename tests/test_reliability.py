@@ -25,7 +25,7 @@ HELPERS = str(REPO / "tests" / "helpers")
 
 def cli_overrides(root: Path, run_dir: Path, epochs: int = 3) -> list[str]:
     return [
-        "experiment=demo", f"data.root={root}", "data.synthetic=null", "data.image_size=40", "data.batch_size=16",
+        "experiment=demo", f"data.root={root}", "data.image_size=40", "data.batch_size=16",
         "data.num_workers=0", "data.val_fraction=0.3", f"trainer.max_epochs={epochs}", "trainer.deterministic=true",
         "trainer.enable_progress_bar=false", "callbacks.gradcam.every_n_epochs=0", f"hydra.run.dir={run_dir}",
     ]
@@ -140,21 +140,26 @@ def test_sampler_depends_only_on_seed_epoch_and_index():
     assert list(SeededSampler(5, 0, shuffle=False, augment=False)) == [(i, None) for i in range(5)]
 
 
-def test_ddp_two_processes_give_exactly_the_single_process_metrics(synthetic_root: Path, tmp_path: Path):
-    run_dir = tmp_path / "ddp"
+def test_two_devices_asked_the_plain_lightning_way_give_exactly_the_single_process_metrics(synthetic_root: Path, tmp_path: Path):
+    """trainer.devices=2 on the default trainer config (not trainer=ddp): two processes, every image scored once.
+    Lightning's distributed sampler used to wrap ours and shard the shards (each process saw a quarter)."""
+    run_dir = tmp_path / "two_devices"
     # Six body parts leave 31 test images on the tiny tree: an odd count, so the two ranks' shards are padded.
     parts = "data.body_parts=[XR_ELBOW,XR_FINGER,XR_FOREARM,XR_HAND,XR_HUMERUS,XR_SHOULDER]"
-    run_train([*cli_overrides(synthetic_root, run_dir, epochs=1), parts, "trainer=ddp", "trainer.accelerator=cpu",
-               "trainer.devices=2", "trainer.sync_batchnorm=false"], tmp_path)
+    result = run_train([*cli_overrides(synthetic_root, run_dir, epochs=1), parts, "trainer.accelerator=cpu", "trainer.devices=2"],
+                       tmp_path)
+    assert "distributed_backend=gloo" in result.stderr and "All distributed processes registered" in result.stderr
     ddp_report = json.loads((run_dir / "metrics.json").read_text())
     splits = pd.read_csv(run_dir / "splits.csv")
     test = splits[splits["split"] == "test"]
     assert len(test) % 2 == 1
     assert ddp_report["image"]["overall"]["n"] == len(test)  # no image counted twice, none dropped
     assert ddp_report["study"]["overall"]["n"] == test["study"].nunique()
+    val_studies = splits.loc[splits["split"] == "val", "study"].nunique()
+    assert f"({val_studies} studies)" in result.stderr.split("epoch 0 val:")[1].splitlines()[0]
     single = subprocess.run(
         [sys.executable, "-m", "mura.evaluate", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.root={synthetic_root}",
-         "data.synthetic=null", "data.num_workers=0", "data.val_fraction=0.3", parts, f"hydra.run.dir={tmp_path / 'single'}"],
+         "data.num_workers=0", f"hydra.run.dir={tmp_path / 'single'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert single.returncode == 0, single.stderr[-3000:]
@@ -164,6 +169,17 @@ def test_ddp_two_processes_give_exactly_the_single_process_metrics(synthetic_roo
             for name, value in metrics.items():
                 got = ddp_report[level][group][name]
                 assert np.allclose(np.asarray(got, dtype=float), np.asarray(value, dtype=float), atol=1e-6, equal_nan=True), (level, group, name)
+
+
+def test_lightning_sharding_on_top_of_ours_is_refused(synthetic_root: Path, tmp_path: Path):
+    from mura.errors import ConfigError
+
+    cfg = compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "trainer.accelerator=cpu", "trainer.devices=2",
+                          "trainer.use_distributed_sampler=true"])
+    with pytest.raises(ConfigError, match="trainer.use_distributed_sampler=true with 2 processes.*trainer=ddp"):
+        train(cfg)
+    assert compose_config(["trainer=ddp"]).trainer.use_distributed_sampler is False
+    assert compose_config(["trainer=gpu"]).trainer.use_distributed_sampler is False
 
 
 def test_skipped_images_are_counted_and_listed_at_the_end(writable_root: Path, tmp_path: Path):
@@ -205,3 +221,35 @@ def test_nan_in_the_last_step_of_an_epoch_never_reaches_last_ckpt(synthetic_root
     with pytest.raises(NonFiniteLossError, match=r"epoch 0, global step 3, batch 3"):
         train(cfg)
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_an_error_before_training_leaves_no_checkpoint_behind(synthetic_root: Path, tmp_path: Path, monkeypatch):
+    """It used to leave checkpoints/interrupted.ckpt of an untrained model, which ckpt_path=last would resume."""
+    from mura.data.index import MuraDataError
+
+    monkeypatch.delenv("MURA_ROOT", raising=False)
+    plain = [override for override in tiny_training_overrides(synthetic_root, tmp_path)
+             if not override.startswith(("experiment=", "data.root="))]
+    with pytest.raises(MuraDataError, match="data.root is not set"):
+        train(compose_config(plain))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_an_unreadable_image_stops_even_a_smoke_test_before_its_first_step(writable_root: Path, tmp_path: Path):
+    """fast_dev_run on a broken release used to pass; the test split's images are checked before training too."""
+    from mura.data.index import MuraDataError
+
+    listed = (writable_root / "valid_image_paths.csv").read_text().splitlines()
+    victim = "/".join(listed[-1].split("/")[1:])
+    (writable_root / victim).write_bytes(b"")
+    for name, extra in (("smoke", ["trainer.fast_dev_run=true"]), ("cached", ["data.cache=true", "data.augment_on_device=true"])):
+        with pytest.raises(MuraDataError, match=f"unreadable image.*{victim}: empty file"):
+            train(compose_config([*tiny_training_overrides(writable_root, tmp_path / name), *extra]))
+        assert not list((tmp_path / name).rglob("*.ckpt"))
+
+
+def test_without_checkpointing_the_report_names_the_weights_it_tested(synthetic_root: Path, tmp_path: Path):
+    overrides = [override for override in tiny_training_overrides(synthetic_root, tmp_path) if not override.startswith("callbacks.")]
+    train(compose_config([*overrides, "callbacks=none", "trainer.max_epochs=1", "+trainer.enable_checkpointing=false"]))
+    report = (tmp_path / "report.md").read_text()
+    assert "the final weights (checkpointing is off)" in report and "best.ckpt" not in report

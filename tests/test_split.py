@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from mura.data.index import build_index
-from mura.data.split import assign_splits, check_no_leak, split_table
+from mura.data.split import SplitLeakError, assign_splits, check_no_leak, split_table
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_leak_check_catches_a_shared_patient(index: pd.DataFrame):
     splits = assign_splits(index, 0.2, seed=0)
     val_patient = splits.loc[splits["split"] == "val", "patient"].iloc[0]
     extra = splits[splits["patient"] == val_patient].iloc[[0]].assign(split="train", study="other")
-    with pytest.raises(AssertionError, match="patient"):
+    with pytest.raises(SplitLeakError, match="patient"):
         check_no_leak(pd.concat([splits, extra]))
 
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import compose_config
 from mura.summarize import summarize
@@ -26,8 +27,10 @@ def test_a_sweep_is_one_table_sorted_by_validation_with_unfinished_jobs_reported
     copy_run(run_dir, sweep / "0", ["experiment=demo", "model.optimizer.lr=0.0003"])
     better = copy_run(run_dir, sweep / "1", ["experiment=demo", "model.optimizer.lr=0.001"])
     history = json.loads((better / "history.json").read_text())
-    history[-1]["val/loss"] = 0.01  # job 1's last epoch is now its best, and the best of the sweep
+    history[-1]["val/loss"] = 0.01  # job 1's last epoch is now its selected one, and the best of the sweep
     (better / "history.json").write_text(json.dumps(history))
+    (better / "selection.json").write_text(json.dumps(
+        {"metric": "val/loss", "mode": "min", "checkpoint": "best.ckpt", "epoch": len(history) - 1, "score": 0.01}))
     (sweep / "2" / ".hydra").mkdir(parents=True)  # a job still running: no metrics.json yet
     evaluation = tmp_path / "evaluation"  # a mura.evaluate folder: metrics, no history
     evaluation.mkdir()
@@ -40,6 +43,8 @@ def test_a_sweep_is_one_table_sorted_by_validation_with_unfinished_jobs_reported
     assert table["run"].tolist() == [str(sweep / "1"), str(sweep / "0")]
     assert table["settings"].tolist() == ["model.optimizer.lr=0.001", "model.optimizer.lr=0.0003"]
     assert table.loc[0, "best_epoch"] == len(history) - 1 and table.loc[0, "val_loss"] == 0.01
+    assert table["selection"].tolist() == ["val/loss min"] * 2
+    assert "sorted by their selection rule, val/loss min" in sweep_only
     assert f"not summarised: {sweep / '2'}: no metrics.json" in sweep_only
 
     markdown = summarize(compose_config([f"runs=[{sweep},{evaluation}]", f"paths.output_dir={tmp_path / 'out'}"],
@@ -53,3 +58,32 @@ def test_a_sweep_is_one_table_sorted_by_validation_with_unfinished_jobs_reported
     assert table["study_kappa"].tolist() == [test_kappa] * 3
     assert {f"kappa_{part}" for part in ("XR_WRIST", "XR_HAND")} <= set(table.columns)
     assert (tmp_path / "out" / "summary.md").read_text() == markdown
+
+
+def test_a_maximised_rule_sorts_highest_first_and_mixed_rules_are_not_ranked(trained_run, tmp_path: Path):
+    run_dir, _ = trained_run
+    runs = []
+    for name, metric, mode, score in (("a", "val/study/kappa", "max", 0.2), ("b", "val/study/kappa", "max", 0.6)):
+        run = copy_run(run_dir, tmp_path / name, [f"seed={len(runs)}"])
+        (run / "selection.json").write_text(json.dumps({"metric": metric, "mode": mode, "checkpoint": None, "epoch": 0,
+                                                        "score": score}))
+        runs.append(run)
+    summarize(compose_config([f"runs=[{runs[0]},{runs[1]}]", f"paths.output_dir={tmp_path / 's1'}"], config_name="summarize"))
+    assert pd.read_csv(tmp_path / "s1" / "summary.csv")["run"].tolist() == [str(runs[1]), str(runs[0])]
+    (runs[0] / "selection.json").write_text(json.dumps({"metric": "val/loss", "mode": "min", "checkpoint": None, "epoch": 0,
+                                                        "score": 0.1}))
+    markdown = summarize(compose_config([f"runs=[{runs[1]},{runs[0]}]", f"paths.output_dir={tmp_path / 's2'}"],
+                                        config_name="summarize"))
+    assert "not ranked: the runs were selected by different rules" in markdown
+
+
+def test_a_folder_that_is_not_there_is_an_error_not_a_running_job(tmp_path: Path):
+    """It used to exit 0 saying the folder was still running."""
+    from mura.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no/such/folder is not a folder"):
+        summarize(compose_config([f"runs={tmp_path / 'no' / 'such' / 'folder'}", f"paths.output_dir={tmp_path / 'out'}"],
+                                 config_name="summarize"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="neither a run folder"):
+        summarize(compose_config([f"runs={tmp_path / 'empty'}", f"paths.output_dir={tmp_path / 'out'}"], config_name="summarize"))

@@ -33,8 +33,9 @@ def choose_gallery_studies(val: pd.DataFrame, studies_per_class: int) -> list[pd
 
 
 class GradCamGallery(pl.Callback):
-    """Writes `<output_dir>/epoch_NNN/` (every `every_n_epochs`) and `<output_dir>/final/` PNGs, one per study,
-    each view with its heat map, the true label and the predicted probability; also to TensorBoard if on."""
+    """Writes `<output_dir>/epoch_NNN/` (every `every_n_epochs`) PNGs, one per study, each view with its heat map,
+    the true label and the predicted probability; also to TensorBoard if on. `mura.train` renders
+    `<output_dir>/final/` itself, from the selected (tested) checkpoint."""
 
     def __init__(self, output_dir: str, every_n_epochs: int = 5, studies_per_class: int = 3, max_views: int = 4):
         self.output_dir = Path(output_dir)
@@ -51,9 +52,6 @@ class GradCamGallery(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.render(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}", f"after epoch {trainer.current_epoch}")
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.render(trainer, pl_module, "final", "end of training")
 
     def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: str, when: str) -> list[Path]:
         if not trainer.is_global_zero or not self.gallery:

@@ -125,6 +125,8 @@ def audit_release(root: str | os.PathLike, check_pixels: bool = True, workers: i
         "root": str(root),
         "counts": counts,
         "loss_weights": loss_weights,
+        "loss_weights_from": "image counts of the whole official train split (a training run uses its own train split: "
+                             "the official train split minus its validation patients)",
         "problems": [asdict(problem) for problem in problems],
         "summary": dict(sorted(Counter(problem.kind for problem in problems).items())),
         "pixels_checked": check_pixels,
@@ -141,6 +143,10 @@ def audit_markdown(audit: dict, max_examples: int = 5) -> str:
             weights = pd.DataFrame.from_dict(audit["loss_weights"], orient="index").round(4)
             frame = frame.join(weights)
         lines += [frame.to_markdown(), ""]
+        if split == "train":
+            lines += ["`w_abnormal`, `w_normal`: the paper's loss weights from the image counts of the whole official "
+                      "train split. A training run computes its own from its train split (the official train split "
+                      "minus its validation patients) and logs them when it starts.", ""]
     lines += ["## Problems", ""]
     if not audit["summary"]:
         lines.append("None found.")

@@ -15,19 +15,19 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mura.data.images import ImageDecodeError, load_grayscale
+from mura.data.parallel import map_in_processes
 from mura.data.transforms import resize_square
+from mura.data.verify import check_image_file
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: failures include the file check of mura.data.verify
 
 
 def cache_key(root: Path, paths: list[str], image_size: int) -> str:
@@ -47,6 +47,12 @@ def _decode_rows(job: tuple[str, str, list[tuple[int, str]], int, int]) -> list[
     array = np.memmap(array_path, dtype=np.uint8, mode="r+", shape=(total, image_size, image_size))
     failures = []
     for position, path in rows:
+        # The same file check as with the cache off (a PNG cut before IEND decodes, but is not the file it was),
+        # so one release gives one verdict whichever path reads it.
+        reason = check_image_file(Path(root) / path)
+        if reason is not None:
+            failures.append((position, reason))
+            continue
         try:
             pixels = torch.from_numpy(load_grayscale(Path(root) / path)).unsqueeze(0)
         except ImageDecodeError as error:
@@ -66,6 +72,7 @@ class ImageCache:
         self.image_size = meta["image_size"]
         self.paths: list[str] = meta["paths"]
         self.failures: dict[int, str] = {int(k): v for k, v in meta["failures"].items()}
+        self._positions = {path: position for position, path in enumerate(self.paths)}
         self._array: np.memmap | None = None
 
     def __len__(self) -> int:
@@ -74,6 +81,14 @@ class ImageCache:
     def __getstate__(self) -> dict:
         # Workers reopen the memory map themselves instead of pickling its pages.
         return {**self.__dict__, "_array": None}
+
+    def position(self, path: str) -> int:
+        """The row of `path`: a split's table may leave out rows of the cache (unreadable images it skips)."""
+        return self._positions[path]
+
+    def unreadable(self) -> dict[str, str]:
+        """{path: reason} of the images that could not be decoded when the cache was built."""
+        return {self.paths[position]: reason for position, reason in sorted(self.failures.items())}
 
     def pixels(self, position: int) -> np.ndarray | None:
         if position in self.failures:
@@ -105,16 +120,9 @@ def open_or_build_cache(
     jobs = [(str(partial), str(root), list(enumerate(paths))[start : start + chunk], max(total, 1), image_size)
             for start in range(0, total, chunk)]
     failures: dict[int, str] = {}
-    with tqdm(total=total, desc=f"caching {total} images at {image_size} px", unit="img", disable=not progress) as bar:
-        if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for job, result in zip(jobs, pool.map(_decode_rows, jobs), strict=True):
-                    failures.update(result)
-                    bar.update(len(job[2]))
-        else:
-            for job in jobs:
-                failures.update(_decode_rows(job))
-                bar.update(len(job[2]))
+    for result in map_in_processes(_decode_rows, jobs, [len(job[2]) for job in jobs], workers,
+                                   f"caching {total} images at {image_size} px", progress):
+        failures.update(result)
     meta = {"version": CACHE_VERSION, "root": str(root), "image_size": image_size, "paths": paths,
             "failures": {str(k): v for k, v in failures.items()}}
     os.replace(partial, array_path)

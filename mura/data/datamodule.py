@@ -19,27 +19,43 @@ from mura.data.index import (
     build_index,
     check_root,
     parse_body_parts,
+    refuse_writes_inside,
 )
 from mura.data.sampling import SeededSampler
-from mura.data.split import SPLITS_CSV_COLUMNS, assign_splits, split_table
-from mura.data.synthetic import SyntheticConfig, ensure_synthetic
+from mura.data.split import (
+    SPLIT_ORDER,
+    SPLITS_CSV_COLUMNS,
+    assign_splits,
+    check_no_leak,
+    split_definition,
+    split_table,
+)
+from mura.data.synthetic import choose_data_root, ensure_synthetic
 from mura.data.transforms import ResizeSquare, build_transforms
+from mura.data.verify import find_unreadable
 
 log = logging.getLogger(__name__)
+
+# The splits whose images a stage reads. Fitting checks the test images too: a run tests its best checkpoint
+# after training, and an unreadable test image must stop it before the first step, not after the last.
+SPLITS_OF_STAGE = {"fit": SPLIT_ORDER, None: SPLIT_ORDER, "validate": ("val",), "test": ("test",), "predict": ("test",)}
+SKIPPED_IMAGES_FILE = "skipped_images.txt"
 
 
 class MuraDataModule(pl.LightningDataModule):
     """Study-aware data for MURA.
 
     Args:
-        root: the MURA-v1.1 folder (the one holding the four CSVs).
+        root: the MURA-v1.1 folder (the one holding the four CSVs): real data, read and never written.
         body_parts: "all" or a list such as ["XR_WRIST"].
-        synthetic: settings for `mura.data.synthetic.SyntheticConfig`; when given, a synthetic release is
-            generated at `root` on first use and reused afterwards.
+        synthetic: settings for `mura.data.synthetic.SyntheticConfig` plus `dir`, used only when `root` is None:
+            a synthetic release is generated in `dir` on first use and reused afterwards.
         splits_dir: where `setup` writes `splits.csv` and `split_table.md` (the run folder); None skips it.
         seed: the order of the training images and their augmentation (mura.data.sampling).
         split_seed: which patients go to validation; None: `seed`. Fixing it while `seed` varies trains an
             ensemble whose members differ in initialisation, order and augmentation but share one validation split.
+        on_bad_image: "error" stops `setup` at the first unreadable listed image (before any training step);
+            "skip" leaves such images out, counted, listed and written to `skipped_images.txt`.
         cache: decode and resize every image once into a memory-mapped file under `cache_dir` (mura.data.cache).
         augment_on_device: hand out resized uint8 images; the model augments and normalises whole batches on
             its device (mura.data.device_augment).
@@ -68,7 +84,11 @@ class MuraDataModule(pl.LightningDataModule):
         splits_dir: str | None = None,
     ):
         super().__init__()
-        self.root = root
+        if on_bad_image not in ("error", "skip"):
+            raise MuraDataError(f"data.on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
+        if cache and not cache_dir:
+            raise MuraDataError("data.cache=true needs data.cache_dir: a folder outside data.root for the decoded images")
+        self.root, self.synthetic = choose_data_root(root, synthetic)
         self.body_parts = parse_body_parts(body_parts)
         self.image_size = image_size
         self.recipe = recipe
@@ -83,39 +103,68 @@ class MuraDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.cache = cache
-        self.cache_dir = cache_dir or (str(Path(root).parent / "cache") if root else None)
+        self.cache_dir = cache_dir
         self.augment_on_device = augment_on_device
         self._caches: dict[str, ImageCache] = {}
-        self.synthetic = SyntheticConfig(**synthetic) if synthetic else None
+        self._listed: pd.DataFrame | None = None
         self.splits_dir = splits_dir
         self.splits: pd.DataFrame | None = None
         self.studies: pd.DataFrame | None = None
+        self.split_definition: dict[str, Any] | None = None
+        self.skipped: dict[str, str] = {}  # unreadable images left out (data.on_bad_image=skip): path -> reason
+        self._checked: set[str] = set()
 
     # -- Lightning hooks ---------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Generate the synthetic release if asked, then check that the root and its four CSVs exist, once,
-        before any worker or process starts (the full per-row checks run in `setup`)."""
+        """Generate the synthetic release if asked, then check that the root and its four CSVs exist and that
+        nothing would be written inside the root, once, before any worker or process starts (the full per-row
+        checks run in `setup`)."""
         if self.synthetic is not None:
-            if self.root is None:
-                raise MuraDataError("data.synthetic is set but data.root is not: say where to generate the data")
             ensure_synthetic(self.root, self.synthetic)
         root = check_root(self.root)
         for split in OFFICIAL_SPLITS:
             for kind in ("image_paths", "labeled_studies"):
                 if not (root / f"{split}_{kind}.csv").is_file():
                     raise MuraDataError(f"{root / f'{split}_{kind}.csv'}: missing; data.root must be the MURA-v1.1 folder itself")
+        refuse_writes_inside(root, {"data.cache_dir": self.cache_dir, "data.splits_dir (the run folder)": self.splits_dir})
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits is not None:
-            return
-        # A Trainer calls `prepare_data` first; notebooks and `mura.evaluate` use the module without one.
-        self.prepare_data()
-        index = build_index(self.root, self.body_parts, on_bad_image=self.on_bad_image)
+    def setup(self, stage: str | None = None, splits: tuple[str, ...] | None = None) -> None:
+        """Index, split by patient, and check every image of the splits `stage` reads (or `splits`, for callers
+        without a Trainer, such as `mura.evaluate`): an unreadable one stops here, before any training step."""
+        if self.splits is None:
+            # A Trainer calls `prepare_data` first; notebooks and `mura.evaluate` use the module without one.
+            self.prepare_data()
+            self._index_and_split()
+        self._check_images(splits or SPLITS_OF_STAGE.get(stage, SPLIT_ORDER))
+
+    def _index_and_split(self) -> None:
+        index = build_index(self.root, "all", on_bad_image=self.on_bad_image)
+        # The patients' split is drawn over every body part before any is selected: it depends on the release
+        # and the split settings alone, so a wrist run and an all-parts run with one split seed share their
+        # validation patients, and a wrist run's training patients never reach another run's validation.
         splits = assign_splits(index, self.val_fraction, self.split_seed)
-        # Study and image indices are global and fixed here, so study-level metrics stay exact under
-        # shuffling, several workers and several processes.
+        check_no_leak(splits)
+        self.split_definition = split_definition(splits, self.split_seed, self.val_fraction)
+        splits = splits[splits["body_part"].isin(self.body_parts)]
+        if not (splits["split"] == "train").any():
+            raise MuraDataError(
+                f"{self.root}: the train split has no images for body parts {self.body_parts}; "
+                "check train_image_paths.csv and data.body_parts"
+            )
+        self._listed = splits.reset_index(drop=True)  # every listed image of the selected body parts
+        self._set_splits(self._listed)
+        table = split_table(self.splits)
+        log.info("split table (%s):\n%s", self.root, table.to_string(index=False))
+        if self.splits_dir is not None:
+            self.write_splits(self.splits_dir, table)
+
+    def _set_splits(self, splits: pd.DataFrame) -> None:
+        splits = splits.reset_index(drop=True)
+        # Study, patient and image indices are global and fixed here, so study-level metrics (and the bootstrap
+        # over patients) stay exact under shuffling, several workers and several processes.
         splits["study_idx"] = pd.factorize(splits["study"])[0]
+        splits["patient_idx"] = pd.factorize(splits["patient"])[0]
         splits["image_idx"] = range(len(splits))
         self.splits = splits
         self.studies = (
@@ -123,10 +172,62 @@ class MuraDataModule(pl.LightningDataModule):
             .agg(study=("study", "first"), split=("split", "first"), body_part=("body_part", "first"),
                  patient=("patient", "first"), label=("label", "first"), n_views=("path", "size"))
         )
-        table = split_table(splits)
-        log.info("split table (%s):\n%s", self.root, table.to_string(index=False))
+
+    def _check_images(self, splits: tuple[str, ...]) -> None:
+        """Every listed image of `splits`, once: decoded into the cache when it is on, else checked cheaply
+        (headers and chunks, mura.data.verify). Under several processes the first finds, the others are told."""
+        wanted = [split for split in splits if split not in self._checked and self.has_split(split)]
+        if not wanted:
+            return
+        unreadable = self._broadcast(self._find_unreadable(wanted) if self._is_first_process() else None)
+        if self.cache:
+            for split in wanted:  # built by the first process above; the others open it
+                self.image_cache(split)
+        self._checked.update(wanted)
+        if not unreadable:
+            return
+        examples = "; ".join(f"{path}: {reason}" for path, reason in list(unreadable.items())[:3])
+        if self.on_bad_image == "error":
+            raise MuraDataError(
+                f"{len(unreadable)} unreadable image(s) under {self.root} in the {'/'.join(wanted)} split(s); first: "
+                f"{examples}. Replace them from the original archive, or set data.on_bad_image=skip to leave them out "
+                "(counted and listed); `python -m mura.audit` lists every data problem"
+            )
+        self.skipped.update(unreadable)
+        log.warning("%d unreadable image(s) left out (data.on_bad_image=skip): %s", len(unreadable), examples)
+        self._set_splits(self._listed[~self._listed["path"].isin(self.skipped)])
         if self.splits_dir is not None:
-            self.write_splits(self.splits_dir, table)
+            self.write_splits(self.splits_dir, split_table(self.splits))
+            (Path(self.splits_dir) / SKIPPED_IMAGES_FILE).write_text("".join(f"{path}\n" for path in sorted(self.skipped)))
+
+    def _find_unreadable(self, splits: list[str]) -> dict[str, str]:
+        if self.cache:
+            return {path: reason for split in splits for path, reason in self.image_cache(split).unreadable().items()}
+        paths = self._listed.loc[self._listed["split"].isin(splits), "path"].tolist()
+        return find_unreadable(self.root, paths, workers=max(1, self.num_workers), desc=f"checking {len(paths)} images")
+
+    def _is_first_process(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
+
+    def _broadcast(self, value):
+        if self.trainer is None or self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.broadcast(value, src=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: what defines the run's split, so `mura.evaluate` rebuilds the same one."""
+        return {"split": {**self.split_definition, "body_parts": list(self.body_parts)}} if self.split_definition else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """On resume: the run must go on with the split it started with."""
+        saved = state_dict.get("split")
+        if saved and self.split_definition and saved["val_patients_digest"] != self.split_definition["val_patients_digest"]:
+            raise MuraDataError(
+                f"the checkpoint was trained with another validation split (split_seed {saved['split_seed']}, val_fraction "
+                f"{saved['val_fraction']}, {saved['val_patients']} validation patients) than this run's (split_seed "
+                f"{self.split_seed}, val_fraction {self.val_fraction}, {self.split_definition['val_patients']}); resume "
+                "with the settings and data it was trained with"
+            )
 
     # -- what the rest of the package asks for -----------------------------------------------------------
 
@@ -158,6 +259,8 @@ class MuraDataModule(pl.LightningDataModule):
         frame = self.split_frame(split)
         if frame.empty:
             raise MuraDataError(_empty_split_message(split, self.root, self.body_parts))
+        self._check_images((split,))  # a no-op for a split `setup` checked
+        frame = self.split_frame(split)  # without the images a skip has just left out
         cache = self.image_cache(split) if self.cache else None
         if self.augment_on_device:  # uint8 out, resized: the model augments and normalises on its device
             transform = None if cache is not None else ResizeSquare(self.image_size)
@@ -166,12 +269,16 @@ class MuraDataModule(pl.LightningDataModule):
         return MuraImageDataset(frame, self.root, transform, on_bad_image=self.on_bad_image, cache=cache)
 
     def image_cache(self, split: str) -> ImageCache:
+        """The split's decode-once cache, over every listed image of the split (skipped ones included, so the
+        cache's key, and so the cache, is the same whatever was skipped)."""
         if split not in self._caches:
             self._caches[split] = open_or_build_cache(
-                self.root, self.split_frame(split)["path"].tolist(), self.image_size, self.cache_dir,
-                workers=max(1, self.num_workers),
+                self.root, self._all_paths_of(split), self.image_size, self.cache_dir, workers=max(1, self.num_workers),
             )
         return self._caches[split]
+
+    def _all_paths_of(self, split: str) -> list[str]:
+        return self._listed.loc[self._listed["split"] == split, "path"].tolist()
 
     def dataloader(self, split: str, shuffle: bool | None = None, train_transforms: bool | None = None) -> DataLoader:
         """Batches of one split; by default the train split is shuffled and augmented, the others are not."""

@@ -20,8 +20,8 @@ ON_BAD_IMAGE = ("error", "skip")
 
 
 class MuraImageDataset(Dataset):
-    """Rows of `table` (columns path, label, study_idx, image_idx, body_part) read from under `root`, or
-    from a decode-once `cache` built over the same rows.
+    """Rows of `table` (columns path, label, study_idx, image_idx, patient_idx, body_part) read from under
+    `root`, or from a decode-once `cache` that holds every row's path.
 
     With ``on_bad_image="skip"`` an unreadable image yields ``{"skipped": path, "reason": ...}``, which
     `collate_samples` counts and drops; with ``"error"`` it raises `ImageDecodeError` naming the file.
@@ -48,6 +48,8 @@ class MuraImageDataset(Dataset):
         self.labels = table["label"].astype("float32").tolist()
         self.study_indices = table["study_idx"].tolist()
         self.image_indices = table["image_idx"].tolist()
+        self.patient_indices = table["patient_idx"].tolist()
+        self.cache_positions = [cache.position(path) for path in self.paths] if cache is not None else None
         self.body_part_indices = [BODY_PARTS.index(part) for part in table["body_part"]]
 
     def __len__(self) -> int:
@@ -77,6 +79,7 @@ class MuraImageDataset(Dataset):
             "label": torch.tensor(self.labels[index]),
             "study_idx": self.study_indices[index],
             "image_idx": self.image_indices[index],
+            "patient_idx": self.patient_indices[index],
             "body_part_idx": self.body_part_indices[index],
             "path": path,
             "augment_seed": -1 if augmentation_seed is None else augmentation_seed,
@@ -85,9 +88,10 @@ class MuraImageDataset(Dataset):
     def _pixels(self, index: int):
         if self.cache is None:
             return load_grayscale(self.root / self.paths[index])
-        pixels = self.cache.pixels(index)
+        position = self.cache_positions[index]
+        pixels = self.cache.pixels(position)
         if pixels is None:
-            raise ImageDecodeError(self.root / self.paths[index], self.cache.failures[index])
+            raise ImageDecodeError(self.root / self.paths[index], self.cache.failures[position])
         return pixels
 
 

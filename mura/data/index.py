@@ -98,6 +98,20 @@ def check_root(root: str | os.PathLike | None) -> Path:
     return root_path
 
 
+def refuse_writes_inside(root: str | os.PathLike, outputs: dict[str, str | os.PathLike | None]) -> None:
+    """A user's dataset is never written to: refuse any output folder (named by its setting) inside `root`."""
+    data = Path(root).expanduser().resolve()
+    for setting, folder in outputs.items():
+        if folder is None:
+            continue
+        target = Path(folder).expanduser().resolve()
+        if target == data or data in target.parents:
+            raise MuraDataError(
+                f"{setting} {str(folder)!r} is inside data.root {str(root)!r}: no command writes inside the dataset; "
+                "choose a folder outside it"
+            )
+
+
 def _csv_rows(csv_path: Path, n_columns: int) -> list[tuple[int, list[str]]]:
     """Rows of a headerless MURA CSV as (line number, fields); blank lines and one header row are skipped."""
     if not csv_path.is_file():

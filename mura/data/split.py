@@ -9,10 +9,13 @@ form 1/k, hence this small greedy assignment.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
 import pandas as pd
+
+from mura.data.index import MuraDataError
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +87,29 @@ def split_table(splits: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["split", "body_part", "images", "studies", "patients", "abnormal_studies_pct"])
 
 
+class SplitLeakError(MuraDataError):
+    """A patient or a study in two splits: validation or test numbers would be inflated."""
+
+
 def check_no_leak(splits: pd.DataFrame) -> None:
-    """Raise if a patient or a study appears in two splits."""
+    """Raise `SplitLeakError` if a patient or a study appears in two splits."""
     for key in ("patient", "study"):
         n_splits = splits.groupby(key)["split"].nunique()
         leaked = n_splits[n_splits > 1]
         if len(leaked):
-            raise AssertionError(f"{len(leaked)} {key}(s) appear in more than one split, e.g. {leaked.index[0]}")
+            example = leaked.index[0]
+            where = ", ".join(sorted(splits.loc[splits[key] == example, "split"].unique()))
+            raise SplitLeakError(
+                f"{len(leaked)} {key}(s) appear in more than one split, e.g. {example} ({where}); the official train and "
+                "valid CSVs must not share patients: `python -m mura.audit` lists them (patient_in_both_splits)"
+            )
+
+
+def split_definition(splits: pd.DataFrame, split_seed: int, val_fraction: float) -> dict:
+    """What decides the validation split, for checkpoints: a run's validation patients are a function of the
+    release and these settings alone (drawn over every body part, before any is selected), so an evaluation can
+    rebuild them and prove it did with the digest."""
+    val_patients = sorted(splits.loc[splits["split"] == "val", "patient"].unique())
+    digest = hashlib.sha256("\n".join(val_patients).encode()).hexdigest()[:16]
+    return {"split_seed": int(split_seed), "val_fraction": float(val_fraction), "val_patients": len(val_patients),
+            "val_patients_digest": digest}

@@ -8,6 +8,10 @@ label noise. Optional edge cases mirror the real archive's: AppleDouble sidecars
 near-blank image and the same image in two studies.
 
 Everything is deterministic for a seed: the plan is drawn from one generator, and each image from its own.
+
+The generator deletes or overwrites only a tree it made itself: every tree it writes holds `synthetic.json`
+(its settings, and the generator's name), written before the first image. Pointed at a folder without that
+marker (a user's real MURA release, say), it stops with an error naming the folder and touches nothing.
 """
 
 from __future__ import annotations
@@ -25,14 +29,19 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from mura.data.index import BODY_PARTS
+from mura.data.index import BODY_PARTS, MuraDataError
 
 log = logging.getLogger(__name__)
 
 FINDINGS = ("fracture", "hardware", "lesion")
 APPLEDOUBLE_HEADER = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
-PARAMS_FILE = "synthetic.json"
+MARKER_FILE = "synthetic.json"  # inside the tree: what made it, and with which settings
 MANIFEST_FILE = "synthetic_manifest.json"
+GENERATOR = "mura.data.synthetic"
+
+
+class NotASyntheticTreeError(MuraDataError):
+    """A folder the generator would have to delete or overwrite, which it did not make."""
 
 
 @dataclass(frozen=True)
@@ -317,12 +326,56 @@ def _plant_edge_cases(root: Path, images: list[ImageSpec], seed: int) -> dict[st
     return {"sidecar": sidecars, "inverted": [inverted], "near_blank": [blank], "duplicate": [source, copy]}
 
 
+def is_synthetic_tree(folder: str | os.PathLike) -> bool:
+    """True for a folder that this generator wrote (it holds the marker file with the generator's name)."""
+    marker = Path(folder) / MARKER_FILE
+    try:
+        return json.loads(marker.read_text()).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _settings(config: SyntheticConfig) -> dict:
+    """The settings that decide the tree's content (the number of processes does not)."""
+    settings = asdict(config)
+    settings.pop("workers")
+    return settings
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Only a missing folder, an empty one, or one this generator made may be replaced."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_dir() and not folder.is_symlink() and (is_synthetic_tree(folder) or not any(folder.iterdir())):
+        return
+    raise NotASyntheticTreeError(
+        f"{folder} exists and was not made by mura's synthetic generator (no {MARKER_FILE} inside): it writes only "
+        "into a new or empty folder or a tree it made itself, and has touched nothing. To read this folder as MURA "
+        "data, pass data.root=" + str(folder) + " without data=synthetic; to generate synthetic data, choose another "
+        "folder (data.synthetic.dir)"
+    )
+
+
+def _remove(folder: Path) -> None:
+    if folder.exists():
+        _check_replaceable(folder)  # checked again right before deleting anything
+        shutil.rmtree(folder)
+
+
 def generate(root: str | os.PathLike, config: SyntheticConfig, progress: bool = True) -> Path:
-    """Write the release under `root` (a folder named like MURA-v1.1); atomic: built aside, then renamed."""
+    """Write the release under `root` (a folder named like MURA-v1.1); atomic: built aside, then renamed.
+
+    `root` must be missing, empty, or a tree this generator made (it is then replaced); anything else is refused
+    with `NotASyntheticTreeError` before a single file is touched.
+    """
     root = Path(root)
     staging = root.with_name(root.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    _check_replaceable(root)
+    _check_replaceable(staging)
+    _remove(staging)
     staging.mkdir(parents=True)
+    # The marker first: a generation stopped half-way leaves a folder that is recognisably ours.
+    (staging / MARKER_FILE).write_text(json.dumps({"generator": GENERATOR, "settings": _settings(config)}, indent=2, sort_keys=True))
     images, study_labels = plan_release(config)
     jobs = [(spec, config.image_size, str(staging)) for spec in images]
     bar = tqdm(total=len(jobs), desc="synthetic MURA", unit="img", disable=not progress)
@@ -339,23 +392,37 @@ def generate(root: str | os.PathLike, config: SyntheticConfig, progress: bool = 
     _write_csvs(staging, root.name, images, study_labels)
     manifest = _plant_edge_cases(staging, images, config.seed) if config.edge_cases else {}
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(root, ignore_errors=True)
+    _remove(root)
     staging.rename(root)
-    (root.parent / PARAMS_FILE).write_text(json.dumps(asdict(config), indent=2, sort_keys=True))
     log.info("wrote %d synthetic images under %s", len(images), root)
     return root
+
+
+def choose_data_root(root: str | None, synthetic: dict | None) -> tuple[str | None, SyntheticConfig | None]:
+    """(the folder to read, the synthetic settings to generate it with, or None).
+
+    `data.root` given (on the command line, or MURA_ROOT with data=mura) always means real data, read and never
+    written: the synthetic settings are then unused. Synthetic data only when asked (data=synthetic leaves
+    data.root unset): generated into `synthetic["dir"]`, a folder of its own.
+    """
+    settings = dict(synthetic or {})
+    synthetic_dir = settings.pop("dir", None)
+    if root not in (None, ""):
+        if synthetic:
+            log.info("data.root is given: reading the data at %s; the data.synthetic settings are unused", root)
+        return str(root), None
+    if not synthetic:
+        return None, None
+    if not synthetic_dir:
+        raise MuraDataError("data.synthetic is set but data.synthetic.dir is not: say where to generate the synthetic data")
+    return str(synthetic_dir), SyntheticConfig(**settings)
 
 
 def ensure_synthetic(root: str | os.PathLike, config: SyntheticConfig, progress: bool = True) -> Path:
     """Generate the release at `root` unless one made with the same settings is already there."""
     root = Path(root)
-    params_file = root.parent / PARAMS_FILE
-    wanted = asdict(config)
-    wanted.pop("workers")
-    if params_file.is_file() and (root / "valid_labeled_studies.csv").is_file():
-        existing = json.loads(params_file.read_text())
-        existing.pop("workers", None)
-        if existing == wanted:
+    if is_synthetic_tree(root) and (root / "valid_labeled_studies.csv").is_file():
+        if json.loads((root / MARKER_FILE).read_text()).get("settings") == _settings(config):
             return root
         log.info("synthetic settings changed; regenerating %s", root)
     return generate(root, config, progress=progress)

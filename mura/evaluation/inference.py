@@ -37,7 +37,7 @@ def predict_images(
     bf16: bool = True,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """A row per image (image_idx, study_idx, body_part, label, logit, probability) and the skipped paths.
+    """A row per image (image_idx, study_idx, patient, body_part, label, logit, probability) and the skipped paths.
 
     With `tta_flip` the probability is the mean of the image's and its mirror image's (horizontal flip, the
     paper's training augmentation); `logit` is then the logit of that mean.
@@ -61,13 +61,14 @@ def predict_images(
                     {
                         "image_idx": batch["image_idx"].numpy(),
                         "study_idx": batch["study_idx"].numpy(),
+                        "patient": batch["patient_idx"].numpy(),
                         "body_part": [BODY_PARTS[i] for i in batch["body_part_idx"].tolist()],
                         "label": batch["label"].numpy().astype(int),
                         "probability": probability.cpu().numpy(),
                     }
                 )
             )
-    frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["image_idx", "study_idx", "body_part", "label", "probability"])
+    frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["image_idx", "study_idx", "patient", "body_part", "label", "probability"])
     frame["logit"] = _logit(frame["probability"].to_numpy(dtype=np.float64))
     return frame, skipped
 

@@ -1,29 +1,38 @@
 """Study-level and image-level metrics, overall and per body part.
 
 A study's probability is the arithmetic mean of its images' probabilities (the paper); it is abnormal when
-the probability exceeds the threshold (0.5). Kappa and AUROC come from scikit-learn; kappa's 95% CI by the
-standard-error method (as the paper) and, on request, by a bootstrap over studies.
+the probability exceeds the threshold (0.5). Kappa and AUROC come from scikit-learn. Their 95% CIs are
+percentile intervals of a bootstrap over patients: a MURA patient often has several studies, which are not
+independent, so a replicate draws patients with replacement and takes all of their rows (studies or images).
+The bootstrap is vectorised: a replicate x row weight matrix ("how many times was this row's patient drawn")
+gives every replicate's weighted confusion counts (kappa) and weighted Mann-Whitney statistic (AUROC) at once.
+Kappa's standard-error interval (the paper's method) is kept beside it as `kappa_ci95_se`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
 Z_95 = 1.959963984540054
-IMAGE_COLUMNS = ["image_idx", "study_idx", "body_part", "label", "logit", "probability"]
+BOOTSTRAP_REPLICATES = 1000
+LOGGED_METRICS = ("kappa", "auroc", "accuracy", "sensitivity", "specificity")  # the scalar metrics training logs
+IMAGE_COLUMNS = ["image_idx", "study_idx", "patient", "body_part", "label", "logit", "probability"]
 
 
 def aggregate_studies(images: pd.DataFrame) -> pd.DataFrame:
-    """A row per study: study_idx, body_part, label, n_views, probability (mean of its images)."""
+    """A row per study: study_idx, (patient, when the images carry it), body_part, label, n_views, probability
+    (mean of its images)."""
+    patient = {"patient": ("patient", "first")} if "patient" in images.columns else {}
     return (
         images.groupby("study_idx", sort=True)
-        .agg(body_part=("body_part", "first"), label=("label", "first"), n_views=("probability", "size"),
-             probability=("probability", "mean"))
+        .agg(**patient, body_part=("body_part", "first"), label=("label", "first"),
+             n_views=("probability", "size"), probability=("probability", "mean"))
         .reset_index()
     )
 
@@ -47,15 +56,137 @@ def kappa_ci_standard_error(labels: np.ndarray, predictions: np.ndarray) -> list
     return [max(-1.0, kappa - half_width), min(1.0, kappa + half_width)]
 
 
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict:
-    """M = {n, kappa, kappa_ci95, auroc, accuracy, sensitivity, specificity}; undefined values are None."""
+def _patient_codes(patients: Sequence[Hashable]) -> tuple[np.ndarray, int]:
+    """A code per row (0 .. number of patients - 1) and the number of distinct patients."""
+    codes, uniques = pd.factorize(pd.Series(list(patients), dtype=object))
+    if (codes < 0).any():
+        raise ValueError("patient ids must not be missing (None/NaN): the bootstrap resamples patients")
+    return codes, len(uniques)
+
+
+def patient_bootstrap_weights(patients: Sequence[Hashable], replicates: int, rng: np.random.Generator) -> np.ndarray:
+    """A (replicates, rows) integer matrix: how many times each row's patient was drawn in each replicate.
+
+    Each replicate draws as many patients as there are, uniformly with replacement, and takes all their rows.
+    """
+    codes, n_patients = _patient_codes(patients)
+    draws = rng.integers(0, n_patients, size=(replicates, n_patients))
+    offsets = (np.arange(replicates) * n_patients)[:, None]
+    counts = np.bincount((draws + offsets).ravel(), minlength=replicates * n_patients)
+    return counts.reshape(replicates, n_patients).astype(np.int32)[:, codes]
+
+
+def _accumulator(weights: np.ndarray) -> tuple[np.ndarray, type]:
+    """The weights and the dtype to sum them in: int32 while no product or sum of weighted_auroc can overflow it
+    (every replicate's total weight under 2^15; twice as fast as int64), else int64; float64 for fractional weights."""
+    weights = np.atleast_2d(np.asarray(weights))
+    if weights.dtype.kind in "biu":
+        if weights.size and (weights.min() < 0 or weights.sum(axis=1, dtype=np.int64).max() >= 2**15):
+            return weights.astype(np.int64), np.int64
+        return weights.astype(np.int32, copy=False), np.int32
+    return weights.astype(np.float64, copy=False), np.float64
+
+
+def weighted_kappa(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Cohen's kappa of binary labels and predictions for every row of `weights` (replicates x rows) at once.
+
+    From the weighted confusion counts: 2 (tp tn - fn fp) / ((tp + fp)(fp + tn) + (tp + fn)(fn + tn)); NaN where
+    undefined (labels and predictions all of one and the same class), as scikit-learn's 0/0.
+    """
+    labels, predictions = np.asarray(labels).astype(bool), np.asarray(predictions).astype(bool)
+    weights, _ = _accumulator(weights)
+    cells = (labels & predictions, ~labels & predictions, labels & ~predictions, ~labels & ~predictions)
+    sum_dtype = np.float64 if weights.dtype == np.float64 else np.int64
+    tp, fp, fn, tn = (weights[:, cell].sum(axis=1, dtype=sum_dtype).astype(np.float64) for cell in cells)
+    denominator = (tp + fp) * (fp + tn) + (tp + fn) * (fn + tn)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, 2 * (tp * tn - fn * fp) / denominator, np.nan)
+
+
+def weighted_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC for every row of `weights` (replicates x rows) at once: the weighted Mann-Whitney statistic.
+
+    P(score of a positive > score of a negative) + 1/2 P(tie), each pair weighted by the product of its rows'
+    weights. With the negatives sorted by score and their weights summed cumulatively, a positive beats the
+    negatives below its score and ties those at it: 2 x wins = sum over positives of weight x (negatives below +
+    negatives at or below). NaN where a replicate has no positive or no negative weight.
+    """
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    weights, dtype = _accumulator(weights)
+    positives, negatives = np.flatnonzero(labels), np.flatnonzero(~labels)
+    negatives = negatives[np.argsort(scores[negatives], kind="stable")]
+    below = np.searchsorted(scores[negatives], scores[positives], side="left")
+    at_or_below = np.searchsorted(scores[negatives], scores[positives], side="right")
+    cumulative = np.zeros((len(weights), len(negatives) + 1), dtype=dtype)  # column k: weight of the k lowest negatives
+    np.cumsum(weights[:, negatives], axis=1, dtype=dtype, out=cumulative[:, 1:])
+    positive = weights[:, positives]
+    sum_dtype = np.float64 if dtype == np.float64 else np.int64
+    twice_wins = (positive * (cumulative[:, below] + cumulative[:, at_or_below])).sum(axis=1, dtype=sum_dtype)
+    pairs = positive.sum(axis=1, dtype=sum_dtype).astype(np.float64) * cumulative[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pairs > 0, twice_wins / (2 * pairs), np.nan)
+
+
+def percentile_interval(values: np.ndarray) -> list[float] | None:
+    """[2.5th, 97.5th] percentile of the defined (non-NaN) values; None if there are none."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return [float(v) for v in np.percentile(values, [2.5, 97.5])] if len(values) else None
+
+
+def patient_bootstrap_intervals(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    patients: Sequence[Hashable],
+    threshold: float = 0.5,
+    replicates: int = BOOTSTRAP_REPLICATES,
+    seed: int = 0,
+) -> dict[str, list[float] | None]:
+    """{"kappa": [low, high], "auroc": [low, high]}: percentile 95% intervals over `replicates` patient resamples.
+
+    Replicates where a metric is undefined (one class) are dropped; an interval is None when none are left, when
+    there are fewer than 2 patients, or when `replicates` is 0.
+    """
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    codes, n_patients = _patient_codes(patients)
+    if len(codes) != len(labels):
+        raise ValueError(f"{len(codes)} patient ids for {len(labels)} rows")
+    if replicates <= 0 or n_patients < 2:
+        return {"kappa": None, "auroc": None}
+    weights = patient_bootstrap_weights(patients, replicates, np.random.default_rng(seed))
+    predictions = (probabilities > threshold).astype(int)
+    return {
+        "kappa": percentile_interval(weighted_kappa(labels, predictions, weights)),
+        "auroc": percentile_interval(weighted_auroc(labels, probabilities, weights)),
+    }
+
+
+def binary_metrics(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float = 0.5,
+    patients: Sequence[Hashable] | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> dict:
+    """M = {n, kappa, kappa_ci95, kappa_ci95_se, auroc, auroc_ci95, accuracy, sensitivity, specificity,
+    bootstrap_replicates}; undefined values are None.
+
+    kappa_ci95 and auroc_ci95 are patient-bootstrap percentile intervals (`bootstrap` replicates over `patients`,
+    a patient id per row; None when `bootstrap` is 0); kappa_ci95_se is kappa +- 1.96 standard errors.
+    """
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predictions = (probabilities > threshold).astype(int)
     n = len(labels)
+    if bootstrap and patients is None:
+        raise ValueError("the bootstrap resamples patients: pass `patients`, a patient id per row")
+    intervals = (patient_bootstrap_intervals(labels, probabilities, patients, threshold, bootstrap, seed)
+                 if bootstrap and n else {"kappa": None, "auroc": None})
     if n == 0:
-        return {"n": 0, "kappa": None, "kappa_ci95": None, "auroc": None, "accuracy": None,
-                "sensitivity": None, "specificity": None}
+        return {"n": 0, "kappa": None, "kappa_ci95": None, "kappa_ci95_se": None, "auroc": None, "auroc_ci95": None,
+                "accuracy": None, "sensitivity": None, "specificity": None, "bootstrap_replicates": max(int(bootstrap), 0)}
     tn, fp, fn, tp = confusion_matrix(labels, predictions, labels=[0, 1]).ravel()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # kappa is 0/0 when both raters are constant
@@ -64,63 +195,42 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
     return {
         "n": int(n),
         "kappa": _undefined_to_none(kappa),
-        "kappa_ci95": kappa_ci_standard_error(labels, predictions),
+        "kappa_ci95": intervals["kappa"],
+        "kappa_ci95_se": kappa_ci_standard_error(labels, predictions),
         "auroc": _undefined_to_none(auroc),
+        "auroc_ci95": intervals["auroc"],
         "accuracy": float((tp + tn) / n),
         "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
         "specificity": float(tn / (tn + fp)) if tn + fp else None,
+        "bootstrap_replicates": max(int(bootstrap), 0),
     }
 
 
-def bootstrap_intervals(
-    labels: np.ndarray, probabilities: np.ndarray, threshold: float, replicates: int, seed: int = 0
-) -> dict[str, list[float] | None]:
-    """Percentile 95% intervals of kappa and AUROC over `replicates` resamples of the rows (studies)."""
-    labels = np.asarray(labels).astype(int)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    predictions = (probabilities > threshold).astype(int)
-    n = len(labels)
-    if n < 2 or replicates <= 0:
-        return {"kappa": None, "auroc": None}
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(replicates, n))
-    y, p = labels[draws], predictions[draws]
-    # Kappa for every replicate at once from its confusion counts.
-    po = (y == p).mean(axis=1)
-    y_rate, p_rate = y.mean(axis=1), p.mean(axis=1)
-    pe = y_rate * p_rate + (1 - y_rate) * (1 - p_rate)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kappas = np.where(pe < 1, (po - pe) / (1 - pe), np.nan)
-    aurocs = [roc_auc_score(y[row], probabilities[draws[row]]) for row in range(replicates) if 0 < y_rate[row] < 1]
-
-    def percentile_interval(values) -> list[float] | None:
-        values = np.asarray(values, dtype=np.float64)
-        values = values[~np.isnan(values)]
-        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if len(values) else None
-
-    return {"kappa": percentile_interval(kappas), "auroc": percentile_interval(aurocs)}
-
-
 def metrics_report(
-    images: pd.DataFrame, threshold: float = 0.5, bootstrap: int = 0, seed: int = 0
+    images: pd.DataFrame, threshold: float = 0.5, bootstrap: int = BOOTSTRAP_REPLICATES, seed: int = 0
 ) -> dict[str, dict[str, dict]]:
     """{"study": {"overall": M, "XR_WRIST": M, ...}, "image": {...}} from an image table (IMAGE_COLUMNS).
 
-    With `bootstrap` > 0 each M also holds kappa_ci95_bootstrap and auroc_ci95_bootstrap.
+    `images` needs a `patient` column (a patient id per image). Per level and group, the 95% CIs come from
+    `bootstrap` resamples of that group's patients (0: no bootstrap, the intervals are None).
     """
+    if "patient" not in images.columns:
+        raise ValueError(
+            "metrics_report needs a `patient` column in `images` (a patient id per image): the 95% CIs come from a "
+            "bootstrap over patients, whose studies are resampled together"
+        )
+    if images["patient"].isna().any():
+        raise ValueError("metrics_report: `images` has images without a patient id (missing `patient` values)")
+    if len(images) and images.groupby("study_idx")["patient"].nunique().max() > 1:
+        raise ValueError("metrics_report: a study's images carry more than one patient id")
     report: dict[str, dict[str, dict]] = {}
     for level, table in (("study", aggregate_studies(images)), ("image", images)):
         groups = [("overall", table), *((part, frame) for part, frame in table.groupby("body_part", sort=True))]
-        level_report = {}
-        for name, frame in groups:
-            labels, probabilities = frame["label"].to_numpy(), frame["probability"].to_numpy()
-            metrics = binary_metrics(labels, probabilities, threshold)
-            if bootstrap:
-                intervals = bootstrap_intervals(labels, probabilities, threshold, bootstrap, seed)
-                metrics["kappa_ci95_bootstrap"] = intervals["kappa"]
-                metrics["auroc_ci95_bootstrap"] = intervals["auroc"]
-            level_report[name] = metrics
-        report[level] = level_report
+        report[level] = {
+            name: binary_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy(), threshold,
+                                 frame["patient"].to_numpy(), bootstrap, seed)
+            for name, frame in groups
+        }
     return report
 
 
@@ -130,12 +240,14 @@ def format_metric(value: float | None) -> str:
 
 
 def flatten_for_logging(report: dict, prefix: str) -> dict[str, float]:
-    """{"val/study/kappa": ..., "val/study/XR_WRIST/kappa": ...}: the scalar, defined entries of a report."""
+    """{"val/study/kappa": ..., "val/study/XR_WRIST/kappa": ...}: the `LOGGED_METRICS` of every group. An undefined
+    one (AUROC of a one-class split, say) is logged as NaN rather than left out, so a checkpoint or early-stopping
+    rule that monitors it sees "undefined this epoch", not a missing key."""
     flat = {}
     for level, groups in report.items():
         for group, metrics in groups.items():
             scope = f"{prefix}/{level}" if group == "overall" else f"{prefix}/{level}/{group}"
-            for name, value in metrics.items():
-                if isinstance(value, (int, float)) and name != "n" and value is not None:
-                    flat[f"{scope}/{name}"] = float(value)
+            for name in LOGGED_METRICS:
+                value = metrics[name]
+                flat[f"{scope}/{name}"] = float("nan") if value is None else float(value)
     return flat

@@ -14,7 +14,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from mura.data.index import BODY_PARTS
 
-FIELDS = ("image_idx", "study_idx", "body_part_idx", "label", "logit")
+FIELDS = ("image_idx", "study_idx", "patient_idx", "body_part_idx", "label", "logit")
 
 
 class PredictionStore(Metric):
@@ -26,9 +26,10 @@ class PredictionStore(Metric):
         for name in FIELDS:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, image_idx, study_idx, body_part_idx, label, logit) -> None:  # noqa: D102
+    def update(self, image_idx, study_idx, patient_idx, body_part_idx, label, logit) -> None:  # noqa: D102
         self.image_idx.append(torch.as_tensor(image_idx, device=self.device).long())
         self.study_idx.append(torch.as_tensor(study_idx, device=self.device).long())
+        self.patient_idx.append(torch.as_tensor(patient_idx, device=self.device).long())
         self.body_part_idx.append(torch.as_tensor(body_part_idx, device=self.device).long())
         self.label.append(label.detach().float())
         self.logit.append(logit.detach().float())
@@ -57,12 +58,13 @@ def _first_occurrence(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def predictions_frame(columns: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """The image table the metrics read: image_idx, study_idx, body_part, label, logit, probability."""
+    """The image table the metrics read: image_idx, study_idx, patient, body_part, label, logit, probability."""
     logits = columns["logit"].cpu().double()
     return pd.DataFrame(
         {
             "image_idx": columns["image_idx"].cpu().numpy(),
             "study_idx": columns["study_idx"].cpu().numpy(),
+            "patient": columns["patient_idx"].cpu().numpy(),
             "body_part": [BODY_PARTS[i] for i in columns["body_part_idx"].cpu().tolist()],
             "label": columns["label"].cpu().numpy().astype(int),
             "logit": logits.numpy(),

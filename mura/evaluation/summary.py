@@ -1,8 +1,10 @@
 """One table for many runs: the jobs of a sweep, the members of an ensemble, the wrist and all-parts experiments.
 
 A run is a folder that `mura.train` or `mura.evaluate` wrote: `metrics.json` (test, or the evaluated split),
-`.hydra/overrides.yaml` (what the command line set) and, for training, `history.json` (one row per epoch).
-Rows are sorted by validation, never by test: choose on validation, report test.
+`.hydra/overrides.yaml` (what the command line set) and, for training, `selection.json` (the selection rule,
+the selected epoch and its score) and `history.json` (one row per epoch). Rows are sorted by the runs' own
+selection rule (`selection.metric` and `selection.mode`, the rule that chose each run's best.ckpt), never by
+test: choose on validation, report test.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from mura.errors import ConfigError
 from mura.evaluation.metrics import format_metric
 
 
@@ -20,11 +23,15 @@ def find_runs(paths: list[str]) -> list[Path]:
     """Run folders among `paths`; a sweep folder (holding job folders 0, 1, ...) stands for its jobs."""
     runs = []
     for path in map(Path, paths):
+        if not path.is_dir():
+            raise ConfigError(f"runs: {path} is not a folder; pass run folders, sweep folders or quoted glob patterns")
         if (path / ".hydra").is_dir() or (path / "metrics.json").is_file():
             runs.append(path)
             continue
-        jobs = sorted((child for child in path.iterdir() if (child / ".hydra").is_dir()), key=_job_order) if path.is_dir() else []
-        runs.extend(jobs or [path])  # a folder with no jobs is reported below as not summarised
+        jobs = sorted((child for child in path.iterdir() if (child / ".hydra").is_dir()), key=_job_order)
+        if not jobs:
+            raise ConfigError(f"runs: {path} is neither a run folder (.hydra/, metrics.json) nor a sweep folder (0/, 1/, ...)")
+        runs.extend(jobs)
     return runs
 
 
@@ -36,8 +43,9 @@ def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tupl
     """(table, settings every run shares, runs not summarised with the reason).
 
     The table has a row per finished run: `settings` (the overrides that differ between runs), epochs, the
-    validation loss of the best epoch (the one best.ckpt holds) and the validation study kappa there, then the
-    study-level kappa (95% CI), AUROC and study count of metrics.json, and the study kappa per body part.
+    selection rule and the selected epoch's score (the checkpoint best.ckpt holds and the test scored), the
+    validation loss and study kappa there, then the study-level kappa (95% CI), AUROC and study count of
+    metrics.json, and the study kappa per body part. Sorted by the selection rule when every run has the same one.
     """
     rows, skipped, overrides = [], [], {}
     for run in runs:
@@ -57,8 +65,23 @@ def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tupl
     table = pd.DataFrame(rows)
     if not table.empty:
         table.insert(1, "settings", [" ".join(o for o in overrides[run] if o not in common) for run in table["run"]])
-        table = table.sort_values(["val_loss", "run"], na_position="last", kind="stable").reset_index(drop=True)
+        table = sort_by_selection(table)
     return table, common, skipped
+
+
+def selection_rules(table: pd.DataFrame) -> list[str]:
+    """The distinct selection rules (`val/loss min`) of the runs that have one."""
+    return sorted(table["selection"].dropna().unique()) if "selection" in table else []
+
+
+def sort_by_selection(table: pd.DataFrame) -> pd.DataFrame:
+    """Best selected score first when the runs share one rule (runs without a selection last); else by name."""
+    rules = selection_rules(table)
+    if len(rules) != 1:
+        return table.sort_values("run", kind="stable").reset_index(drop=True)
+    ascending = rules[0].endswith(" min")
+    return table.sort_values(["selection_score", "run"], ascending=[ascending, True], na_position="last",
+                             kind="stable").reset_index(drop=True)
 
 
 def _overrides(run: Path) -> list[str]:
@@ -67,15 +90,19 @@ def _overrides(run: Path) -> list[str]:
 
 
 def _validation(run: Path) -> dict:
-    """Epochs run, and the epoch with the lowest validation loss (what best.ckpt holds: conf/callbacks)."""
-    path = run / "history.json"
-    history = json.loads(path.read_text()) if path.is_file() else []
-    scored = [row for row in history if row.get("val/loss") is not None]
-    if not scored:
-        return {"epochs": len(history) or None, "best_epoch": None, "val_loss": None, "val_study_kappa": None}
-    best = min(scored, key=lambda row: row["val/loss"])
-    return {"epochs": len(history), "best_epoch": best["epoch"], "val_loss": best["val/loss"],
-            "val_study_kappa": best.get("val/study/kappa")}
+    """Epochs run, the selection rule, the selected epoch and its score (selection.json, written by mura.train), and
+    that epoch's validation loss and study kappa (history.json)."""
+    history_path, selection_path = run / "history.json", run / "selection.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    row = {"epochs": len(history) or None, "selection": None, "best_epoch": None, "selection_score": None,
+           "val_loss": None, "val_study_kappa": None}
+    if not selection_path.is_file():
+        return row
+    selection = json.loads(selection_path.read_text())
+    epoch_row = next((entry for entry in history if entry.get("epoch") == selection["epoch"]), {})
+    return {**row, "selection": f"{selection['metric']} {selection['mode']}", "best_epoch": selection["epoch"],
+            "selection_score": selection["score"], "val_loss": epoch_row.get("val/loss"),
+            "val_study_kappa": epoch_row.get("val/study/kappa")}
 
 
 def _test(study: dict) -> dict:
@@ -89,13 +116,21 @@ def _test(study: dict) -> dict:
 
 def summary_markdown(table: pd.DataFrame, common: list[str], skipped: list[tuple[str, str]]) -> str:
     """The table for people: kappa with its CI in one cell, three decimals, n/a where undefined."""
-    lines = [f"{len(table)} run(s), sorted by the validation loss of their best epoch (choose on validation, report test)."]
+    rules = selection_rules(table)
+    if len(rules) == 1:
+        order = f"sorted by their selection rule, {rules[0]}, at the selected epoch"
+    elif rules:
+        order = f"not ranked: the runs were selected by different rules ({', '.join(rules)}); listed by name"
+    else:
+        order = "listed by name (no run records a selection)"
+    lines = [f"{len(table)} run(s), {order} (choose on validation, report test)."]
     if common:
         lines.append("Shared settings: " + " ".join(f"`{item}`" for item in common))
     if not table.empty:
         shown = pd.DataFrame({
             "run": table["run"], "settings": table["settings"], "epochs": table["epochs"].map(_count),
-            "best epoch": table["best_epoch"].map(_count),
+            "selected epoch": table["best_epoch"].map(_count),
+            "selection": table["selection"].fillna(""), "selected score": table["selection_score"].map(_number),
             "val loss": table["val_loss"].map(_number), "val study kappa": table["val_study_kappa"].map(_number),
             "study kappa (95% CI)": [f"{format_metric(_value(k))} ({format_metric(_value(lo))}-{format_metric(_value(hi))})"
                                      for k, lo, hi in zip(table["study_kappa"], table["kappa_ci_low"], table["kappa_ci_high"], strict=True)],

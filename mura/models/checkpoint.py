@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from mura.data.datamodule import MuraDataModule
 from mura.errors import CheckpointError
 from mura.models.classifier import CHECKPOINT_FORMAT, MuraClassifier
 
@@ -22,7 +23,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; runs keep theirs in <run>/checkpoints/best.ckpt")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - an untrusted file can fail in any way; each means "not ours"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
@@ -38,6 +39,18 @@ def read_checkpoint(path: str | Path) -> dict:
             f"format {CHECKPOINT_FORMAT} this version reads; evaluate it with the mura version that wrote it"
         )
     return checkpoint
+
+
+def checkpoint_epoch(path: str | Path) -> int:
+    """The epoch a checkpoint was saved at, read without loading its tensors (memory-mapped)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+
+
+def training_split(path: str | Path) -> dict | None:
+    """What defined the training run's split (split seed, validation fraction, body parts, a digest of the
+    validation patients: `MuraDataModule.state_dict`), or None for a checkpoint that records none."""
+    checkpoint = read_checkpoint(path)
+    return checkpoint.get(MuraDataModule.__qualname__, {}).get("split")
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> MuraClassifier:

@@ -13,7 +13,7 @@ import torch
 from mura import __version__
 from mura.data.device_augment import DeviceAugmentation
 from mura.data.index import BODY_PARTS
-from mura.evaluation.metrics import flatten_for_logging, format_metric, metrics_report
+from mura.evaluation.metrics import BOOTSTRAP_REPLICATES, flatten_for_logging, format_metric, metrics_report
 from mura.evaluation.store import PredictionStore, predictions_frame
 from mura.models.backbones import build_backbone
 from mura.models.loss import StudyTypeWeightedBCE
@@ -105,7 +105,8 @@ class MuraClassifier(pl.LightningModule):
             return None
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["label"], batch["body_part_idx"])
-        self._store(stage).update(batch["image_idx"], batch["study_idx"], batch["body_part_idx"], batch["label"], logits)
+        self._store(stage).update(batch["image_idx"], batch["study_idx"], batch["patient_idx"], batch["body_part_idx"],
+                                  batch["label"], logits)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
@@ -150,7 +151,8 @@ class MuraClassifier(pl.LightningModule):
         images = predictions_frame(columns)
         logits = columns["logit"].to(self.device)
         loss = self.criterion(logits, columns["label"].to(self.device), columns["body_part_idx"].to(self.device))
-        report = metrics_report(images, threshold=self.hparams.threshold)
+        # Confidence intervals (a bootstrap over patients) for the test table only: per-epoch logging needs none.
+        report = metrics_report(images, threshold=self.hparams.threshold, bootstrap=BOOTSTRAP_REPLICATES if stage == "test" else 0)
         self.reports[stage] = report
         self.predictions[stage] = images
         # Every process computed these from the same gathered predictions: averaging them changes nothing,
