@@ -172,3 +172,23 @@ def test_synthetic_data_only_when_asked(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("MURA_ROOT")
     with pytest.raises(MuraDataError, match="data.root is not set.*data=synthetic"):
         MuraDataModule(root=compose_config([]).data.root).prepare_data()
+
+
+def test_a_tree_of_the_previous_generator_is_recognised_and_replaced(tmp_path: Path):
+    """`make demo` before this version left data/synthetic/MURA-v1.1 with its settings beside it, no marker inside."""
+    import json
+    from dataclasses import asdict
+
+    from mura.data.synthetic import MANIFEST_FILE
+
+    root = tmp_path / "synthetic" / "MURA-v1.1"
+    config = TINY_SYNTHETIC.__class__(**{**TINY_SYNTHETIC.__dict__, "train_patients_per_part": 1, "valid_patients_per_part": 1})
+    generate(root, config, progress=False)
+    (root / MARKER_FILE).unlink()
+    (root.parent / MARKER_FILE).write_text(json.dumps(asdict(config)))
+    assert is_synthetic_tree(root)
+    ensure_synthetic(root, config, progress=False)  # regenerated in the new form, not refused
+    assert (root / MARKER_FILE).is_file()
+    (root / MANIFEST_FILE).unlink()  # without the manifest it could be anybody's folder
+    (root / MARKER_FILE).unlink()
+    assert not is_synthetic_tree(root)

@@ -327,11 +327,19 @@ def _plant_edge_cases(root: Path, images: list[ImageSpec], seed: int) -> dict[st
 
 
 def is_synthetic_tree(folder: str | os.PathLike) -> bool:
-    """True for a folder that this generator wrote (it holds the marker file with the generator's name)."""
-    marker = Path(folder) / MARKER_FILE
+    """True for a folder that this generator wrote: it holds the marker file with the generator's name, or it is
+    a tree of mura 0.1's generator (its manifest inside, its settings beside it in the parent folder), which a
+    `make demo` before this version left in data/synthetic/."""
+    folder = Path(folder)
     try:
-        return json.loads(marker.read_text()).get("generator") == GENERATOR
+        if json.loads((folder / MARKER_FILE).read_text()).get("generator") == GENERATOR:
+            return True
     except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        legacy_settings = json.loads((folder.parent / MARKER_FILE).read_text())
+        return (folder / MANIFEST_FILE).is_file() and set(legacy_settings) == set(asdict(SyntheticConfig()))
+    except (OSError, ValueError, TypeError):
         return False
 
 
@@ -422,7 +430,8 @@ def ensure_synthetic(root: str | os.PathLike, config: SyntheticConfig, progress:
     """Generate the release at `root` unless one made with the same settings is already there."""
     root = Path(root)
     if is_synthetic_tree(root) and (root / "valid_labeled_studies.csv").is_file():
-        if json.loads((root / MARKER_FILE).read_text()).get("settings") == _settings(config):
+        marker = root / MARKER_FILE
+        if marker.is_file() and json.loads(marker.read_text()).get("settings") == _settings(config):
             return root
-        log.info("synthetic settings changed; regenerating %s", root)
+        log.info("synthetic settings changed (or a tree of an older generator); regenerating %s", root)
     return generate(root, config, progress=progress)
