@@ -5,8 +5,9 @@
 Prints the best of three `build_index` times and the peak resident memory. The goal: under 2 s and 200 MB.
 
 Second row: the up-front image check (`find_unreadable`, what runs when the decode-once cache is off) over the
-same 40,005 paths, each file now a hard link to one of the real MURA PNGs under --real-pngs (cycled; hard links
-cost no space; symlinks, then copies, if the folders are on different filesystems). Best of 2-3 runs, with the
+same 40,005 paths, each file now a hard link to a temporary copy of one of the real MURA PNGs under --real-pngs
+(cycled; links to copies, never to the user's files, so nothing written through the tree can reach the dataset;
+hard links cost no space; symlinks if the temporary folder's filesystem has no hard links). Best of 2-3 runs, with the
 files in the page cache: the real release read cold from disk adds its read time. If the full run would take
 more than ~3 minutes, a 10,000-path subset is timed and the total extrapolated (the output says so).
 """
@@ -52,10 +53,12 @@ def make_tree(root: Path) -> None:
         (root / f"{split}_labeled_studies.csv").write_text("\n".join(studies) + "\n")
 
 
-def link_real_images(root: Path, paths: list[str], sources: list[Path]) -> str:
-    """Replace each empty file by a hard link (else symlink, else copy) to a real PNG; say which was used."""
-    methods = {"hard links": os.link, "symlinks": os.symlink, "copies": shutil.copyfile}
-    for name, link in methods.items():
+def link_real_images(root: Path, paths: list[str], real_pngs: list[Path]) -> str:
+    """Replace each empty file by a hard link (else symlink) to a copy of a real PNG; say which was used."""
+    copies = root.parent / "real-png-copies"
+    copies.mkdir()
+    sources = [Path(shutil.copyfile(png, copies / f"{number}.png")) for number, png in enumerate(real_pngs)]
+    for name, link in {"hard links": os.link, "symlinks": os.symlink}.items():
         try:
             trial = root / ".link-trial"
             link(sources[0], trial)
@@ -67,7 +70,7 @@ def link_real_images(root: Path, paths: list[str], sources: list[Path]) -> str:
             target.unlink()
             link(sources[number % len(sources)], target)
         return name
-    raise OSError(f"cannot link or copy {sources[0]} into {root}")
+    raise OSError(f"cannot link {sources[0]} into {root}")
 
 
 def time_image_check(root: Path, paths: list[str], real_pngs: Path, workers: int) -> None:
@@ -93,7 +96,7 @@ def time_image_check(root: Path, paths: list[str], real_pngs: Path, workers: int
     best = min(times)
     rate = len(measured) / best
     line = (f"{len(measured)} real PNGs checked (find_unreadable, {workers} workers; {method} to {len(sources)} "
-            f"files under {real_pngs}, cycled): best {best:.2f} s of {runs}, {rate:,.0f} images/s")
+            f"copies of the files under {real_pngs}, cycled): best {best:.2f} s of {runs}, {rate:,.0f} images/s")
     if len(measured) < len(paths):
         line += f"; extrapolated to all {len(paths)}: {len(paths) / rate:.1f} s (a {len(measured)}-path subset was timed)"
     print(line)

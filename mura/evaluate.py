@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from mura.data.index import parse_body_parts, refuse_writes_inside
+from mura.data.split import split_mismatch
 from mura.errors import ConfigError, exit_on_user_error
 from mura.evaluation.inference import average_ensemble, pick_device, predict_images
 from mura.evaluation.metrics import metrics_report
@@ -109,14 +110,10 @@ def split_settings(requested: DictConfig, trained: list[dict | None], checkpoint
 
 def check_same_split(rebuilt: dict, trained: dict | None, split: str) -> None:
     """The validation patients rebuilt from data.root must be the run's: same settings, same release."""
-    if trained is None or split not in CARVED_SPLITS:
-        return
-    if rebuilt["val_patients_digest"] != trained["val_patients_digest"]:
-        raise ConfigError(
-            f"the validation patients rebuilt from this data.root ({rebuilt['val_patients']}, digest "
-            f"{rebuilt['val_patients_digest']}) are not the training run's ({trained['val_patients']}, digest "
-            f"{trained['val_patients_digest']}): the data differ from what it trained on, so its {split} split cannot be rebuilt"
-        )
+    mismatch = split_mismatch(trained, rebuilt) if trained is not None and split in CARVED_SPLITS else None
+    if mismatch:
+        raise ConfigError(f"the training run's {split} split cannot be rebuilt from this data.root: {mismatch}; the data "
+                          "differ from what it trained on")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

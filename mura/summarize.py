@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 def summarize(cfg: DictConfig) -> str:
     output_dir = Path(cfg.paths.output_dir)
     # A pattern such as 'outputs/*/*' also matches this command's own new folder: it is not a run.
-    runs = [run for run in find_runs(expand_paths(cfg.runs, "runs")) if run.resolve() != output_dir.resolve()]
+    folders = expand_paths(cfg.runs, "runs", keep=os.path.isdir)
+    runs = [run for run in find_runs(folders) if run.resolve() != output_dir.resolve()]
     table, common, skipped = summarize_runs(runs)
     output_dir.mkdir(parents=True, exist_ok=True)
     markdown = summary_markdown(table, common, skipped)

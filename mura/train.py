@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mura.callbacks.gradcam import GradCamGallery
-from mura.data.index import BODY_PARTS
+from mura.data.datamodule import SKIPPED_IMAGES_FILE
+from mura.data.index import BODY_PARTS, refuse_writes_inside
 from mura.errors import ConfigError, exit_on_user_error
 from mura.evaluation.metrics import LOGGED_METRICS
 from mura.evaluation.report import metrics_table, write_run_outputs
@@ -27,7 +28,7 @@ from mura.models.checkpoint import checkpoint_epoch, read_checkpoint
 log = logging.getLogger(__name__)
 
 # What MuraClassifier logs per stage: the loss, and the report's metrics overall and per body part.
-SELECTABLE = re.compile(rf"(train|val)/(loss|(study|image)(/({'|'.join(BODY_PARTS)}))?/({'|'.join(LOGGED_METRICS)}))")
+SELECTABLE = re.compile(rf"(train|val)/(loss|(study|image)(/(?P<part>{'|'.join(BODY_PARTS)}))?/({'|'.join(LOGGED_METRICS)}))")
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -41,8 +42,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:  # `is not None`: seed 0 is a seed
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    check_selection(cfg.selection.metric, cfg.selection.mode)
     datamodule = instantiate(cfg.data)
+    check_selection(cfg.selection.metric, cfg.selection.mode, datamodule.body_parts)
+    refuse_writes_inside(datamodule.root, {"paths.output_dir (the run folder)": output_dir})
     # _convert_="all": every value reaching the model (the optimiser's betas, say) and so its checkpoints is a plain
     # Python value; an OmegaConf ListConfig in the optimiser state makes torch.load(weights_only=True) refuse the file.
     model = instantiate(cfg.model, _convert_="all")
@@ -67,9 +69,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     selected = selected_checkpoint(trainer, cfg.selection.metric)
     metrics["selection/score"] = selected["score"]
 
-    if cfg.get("test") and not datamodule.has_split("test"):
+    tested = cfg.get("test") and datamodule.has_split("test")
+    if cfg.get("test") and not tested:
         log.warning("no test split: %s lists no valid images for %s; skipping the test", datamodule.root, datamodule.body_parts)
-    elif cfg.get("test"):
+    if tested:
         trainer.test(model, datamodule=datamodule, ckpt_path=selected["checkpoint"], verbose=False, weights_only=True)
         if trainer.is_global_zero:
             write_test_outputs(model, datamodule, output_dir, selected["description"])
@@ -90,16 +93,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def check_selection(metric: str, mode: str) -> None:
-    """The selection rule names a metric training logs (checked before anything runs), and a direction."""
+def check_selection(metric: str, mode: str, body_parts: list[str]) -> None:
+    """The selection rule names a metric training logs for these body parts (checked before anything runs), and a
+    direction."""
     if mode not in ("min", "max"):
         raise ConfigError(f"selection.mode must be min or max, not {mode!r}")
-    if not SELECTABLE.fullmatch(metric):
+    match = SELECTABLE.fullmatch(metric)
+    if not match:
         raise ConfigError(
             f"selection.metric {metric!r} is not a metric training logs: val/loss, val/study/kappa, val/image/auroc, "
             f"val/study/XR_WRIST/kappa, ... ({', '.join(LOGGED_METRICS)}; train/ works too). A model is never chosen "
             "on the test split"
         )
+    if match.group("part") and match.group("part") not in body_parts:
+        raise ConfigError(f"selection.metric {metric!r} names a body part this run does not train on ({', '.join(body_parts)})")
 
 
 def refuse_lightning_sharding(world_size: int, use_distributed_sampler: bool) -> None:
@@ -121,7 +128,7 @@ def selected_checkpoint(trainer: pl.Trainer, metric: str) -> dict:
         return {"checkpoint": callback.best_model_path, "epoch": epoch, "score": _defined(callback.best_model_score),
                 "description": f"{callback.best_model_path} (epoch {epoch})"}
     return {"checkpoint": None, "epoch": trainer.current_epoch - 1, "score": _defined(trainer.callback_metrics.get(metric)),
-            "description": "the final weights (checkpointing is off)"}
+            "description": "the final weights (no checkpoint callback monitors selection.metric)"}
 
 
 def _defined(value) -> float:
@@ -151,9 +158,9 @@ def report_skipped(skipped: list[str], output_dir: Path, write: bool) -> None:
     if not skipped:
         return
     log.warning("%d unreadable image(s) were skipped (data.on_bad_image=skip), listed in %s: %s",
-                len(skipped), output_dir / "skipped_images.txt", skipped[:5])
+                len(skipped), output_dir / SKIPPED_IMAGES_FILE, skipped[:5])
     if write:
-        (output_dir / "skipped_images.txt").write_text("".join(path + "\n" for path in skipped))
+        (output_dir / SKIPPED_IMAGES_FILE).write_text("".join(path + "\n" for path in skipped))
 
 
 def write_test_outputs(model, datamodule, output_dir: Path, tested: str) -> None:

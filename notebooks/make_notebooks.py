@@ -1,7 +1,7 @@
 """Writes the three notebooks from the cells below, without outputs: `python notebooks/make_notebooks.py`.
 
 Notebooks are thin: every step is a call into the package. They read their inputs from environment variables
-(MURA_DATA_ROOT, MURA_RUN_DIR, MURA_EVAL_DIR) or fall back to the newest run under outputs/.
+(MURA_ROOT, MURA_RUN_DIR, MURA_EVAL_DIR) or fall back to the newest run under outputs/.
 
 A cell that draws starts with FIGURE (`# figure`): tests/test_notebooks.py checks that each such cell shows an image
 when the notebook runs in a Jupyter kernel. The package draws on bare matplotlib `Figure`s (no backend, no pyplot);
@@ -36,7 +36,7 @@ def newest_run(task: str) -> Path | None:
 
 NOTEBOOKS = {
     "01_data.ipynb": [
-        new_markdown_cell("# MURA data: splits, examples, edge cases\n\nSet `MURA_DATA_ROOT` to a MURA-v1.1 folder "
+        new_markdown_cell("# MURA data: splits, examples, edge cases\n\nSet `MURA_ROOT` to a MURA-v1.1 folder "
                           "(default: the synthetic tree that `make demo` generates)."),
         new_code_cell(SETUP + '''
 from mura.data.audit import audit_release
@@ -44,7 +44,7 @@ from mura.data.images import load_grayscale
 from mura.data.index import build_index
 from mura.data.split import assign_splits, split_table
 
-root = Path(os.environ.get("MURA_DATA_ROOT", "../data/synthetic/MURA-v1.1"))
+root = Path(os.environ.get("MURA_ROOT", "../data/synthetic/MURA-v1.1"))
 table = build_index(root)
 splits = assign_splits(table, val_fraction=0.1, seed=12345)
 split_table(splits)'''),
@@ -115,7 +115,7 @@ else:
     ],
     "03_explainability.ipynb": [
         new_markdown_cell("# Explainability: Grad-CAM over validation studies\n\n`MURA_RUN_DIR`: a training run folder; "
-                          "`MURA_DATA_ROOT`: its data root."),
+                          "`MURA_ROOT`: its data root."),
         new_code_cell('''%matplotlib inline
 import os
 from pathlib import Path
@@ -129,7 +129,7 @@ from mura.explain import study_heatmap_figure
 from mura.models.checkpoint import load_classifier
 ''' + NEWEST_RUN + '''
 run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))
-root = Path(os.environ.get("MURA_DATA_ROOT", "../data/synthetic/MURA-v1.1"))
+root = Path(os.environ.get("MURA_ROOT", "../data/synthetic/MURA-v1.1"))
 model = load_classifier(run_dir / "checkpoints" / "best.ckpt")
 splits = pd.read_csv(run_dir / "splits.csv")
 hp = model.hparams

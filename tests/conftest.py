@@ -10,6 +10,14 @@ import pytest
 
 from mura.data.synthetic import SyntheticConfig, generate
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (and in the commands they start), or torch's
+    # default of one thread per core oversubscribes the machine.
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 TINY_SYNTHETIC = SyntheticConfig(
     seed=3,
     train_patients_per_part=5,

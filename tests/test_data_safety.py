@@ -27,9 +27,9 @@ USER_FILE = "my_notes.txt"
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Every file under root (hidden ones too) with the hash of its bytes."""
-    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}
+    """Every file under root (hidden ones too) with the hash of its bytes, and every folder."""
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+            for path in sorted(root.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +192,38 @@ def test_a_tree_of_the_previous_generator_is_recognised_and_replaced(tmp_path: P
     (root / MANIFEST_FILE).unlink()  # without the manifest it could be anybody's folder
     (root / MARKER_FILE).unlink()
     assert not is_synthetic_tree(root)
+
+
+def test_a_run_folder_inside_the_dataset_is_refused_before_hydra_creates_it(untouched: Path):
+    """Started from inside the dataset, the default run folder (outputs/...) would be inside it: refused before Hydra
+    writes its .hydra/ and log there."""
+    result = run_command("mura.audit", ["data.root=."], cwd=untouched)
+    assert result.returncode == 2
+    assert "is inside data.root" in result.stderr and "run the command from outside the dataset" in result.stderr
+
+
+def test_mura_data_dir_pointing_at_a_release_or_into_the_dataset_is_refused(untouched: Path, tmp_path: Path):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+    from mura.guard import check_outputs
+
+    def hydra_config(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+    for overrides in ([f"paths.data_dir={untouched}", "experiment=demo"],  # MURA_DATA_DIR taken for the dataset
+                      [f"data.root={untouched}", f"hydra.run.dir={untouched / 'runs'}"],
+                      [f"data.root={untouched}", f"data.cache_dir={untouched / 'cache'}"]):
+        with pytest.raises(SystemExit) as stopped:
+            check_outputs(hydra_config(*overrides), "hydra.run.dir")
+        assert stopped.value.code == 2, overrides
+    check_outputs(hydra_config(f"data.root={untouched}", f"hydra.run.dir={tmp_path / 'run'}"), "hydra.run.dir")
+
+
+def test_a_home_relative_root_is_expanded(synthetic_root: Path, monkeypatch):
+    """`~/MURA-v1.1` used to make every image look missing to the up-front check."""
+    monkeypatch.setenv("HOME", str(synthetic_root.parent))
+    module = MuraDataModule(root="~/MURA-v1.1", num_workers=0, val_fraction=0.3)
+    module.setup("fit")
+    assert module.root == str(synthetic_root) and not module.skipped

@@ -154,8 +154,12 @@ def test_resuming_with_another_split_is_refused(synthetic_root: Path):
     for module in (same, other):
         module.setup("validate")
     same.load_state_dict(state)
-    with pytest.raises(MuraDataError, match="another validation split"):
+    with pytest.raises(MuraDataError, match="cannot resume.*its validation split"):
         other.load_state_dict(state)
+    wrist = make_datamodule(synthetic_root, split_seed=1, body_parts=["XR_WRIST"])
+    wrist.setup("validate")
+    with pytest.raises(MuraDataError, match="cannot resume.*body parts"):
+        wrist.load_state_dict(state)
 
 
 @pytest.mark.parametrize("cache", [False, True])
@@ -183,3 +187,15 @@ def test_with_skip_the_unreadable_images_are_listed_before_training(writable_roo
     assert sorted(module.skipped) == victims
     assert module.splits["image_idx"].tolist() == list(range(len(module.splits)))
     assert len(pd.read_csv(tmp_path / "splits.csv")) == len(module.splits)
+
+
+def test_with_skip_a_missing_file_is_listed_and_the_split_stays_the_same(writable_root: Path, tmp_path: Path):
+    reference = make_datamodule(writable_root, val_fraction=0.3)
+    reference.setup("fit")
+    victim = reference.split_frame("train")["path"].iloc[2]
+    (writable_root / victim).unlink()
+    module = make_datamodule(writable_root, on_bad_image="skip", val_fraction=0.3, splits_dir=str(tmp_path))
+    module.setup("fit")
+    assert module.skipped == {victim: "file not found"}
+    assert (tmp_path / "skipped_images.txt").read_text().splitlines() == [victim]
+    assert module.split_definition == reference.split_definition  # which patients validate does not move

@@ -131,7 +131,9 @@ def test_the_validation_split_is_the_training_runs_own(trained_run, wrist_hand_r
     best = run_dir / "checkpoints" / "best.ckpt"
     evaluate(evaluate_config(synthetic_root, tmp_path / "val", best, "eval.split=val"))
     trained = pd.read_csv(run_dir / "splits.csv")
-    assert set(pd.read_csv(tmp_path / "val" / "predictions.csv")["study"]) == set(trained.loc[trained["split"] == "val", "study"])
+    scored = pd.read_csv(tmp_path / "val" / "predictions.csv")
+    assert set(scored["study"]) == set(trained.loc[trained["split"] == "val", "study"])
+    assert (scored["patient"] == scored["study"].str.split("/").str[2]).all()  # MURA's patient ids, not an index
     for override in ("data.split_seed=999", "data.val_fraction=0.5"):
         with pytest.raises(ConfigError, match="differs from the training run's"):
             evaluate(evaluate_config(synthetic_root, tmp_path / "other", best, "eval.split=val", override))
@@ -232,7 +234,7 @@ def test_predict_reports_each_study_and_goes_on(trained_run, synthetic_root: Pat
     assert len(written) == 3
 
 
-def test_predict_command_into_a_closed_pipe_and_with_a_bad_checkpoint(trained_run, synthetic_root: Path, tmp_path: Path):
+def test_predict_command_into_a_closed_pipe(trained_run, synthetic_root: Path, tmp_path: Path):
     run_dir, _ = trained_run
     # `| head -n 1` on a folder of studies: the first line, then a quiet end (it was a BrokenPipeError, exit 1).
     piped = subprocess.run(
@@ -245,9 +247,13 @@ def test_predict_command_into_a_closed_pipe_and_with_a_bad_checkpoint(trained_ru
     assert "stdout was closed after" in piped.stderr
     [line] = [json.loads(text) for text in piped.stdout.splitlines()]
     assert line["study"].startswith(str(synthetic_root / "valid")) and 0 < line["probability"] < 1
-    image = next((synthetic_root / "valid").rglob("image1.png"))
-    bad = subprocess.run(
-        [sys.executable, "-m", "mura.predict", f"ckpt_path={image}", f"input={image}", f"hydra.run.dir={tmp_path / 'bad'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )
-    assert bad.returncode == 2 and "not a loadable mura checkpoint" in bad.stdout + bad.stderr
+
+
+def test_evaluate_without_a_data_root_says_what_to_do(trained_run, tmp_path: Path, monkeypatch):
+    from mura.data.index import MuraDataError
+
+    monkeypatch.delenv("MURA_ROOT", raising=False)
+    cfg = compose_config([f"ckpt_path={trained_run[0] / 'checkpoints' / 'best.ckpt'}", f"paths.output_dir={tmp_path}"],
+                         config_name="evaluate")
+    with pytest.raises(MuraDataError, match="data.root is not set.*data=synthetic"):
+        evaluate(cfg)

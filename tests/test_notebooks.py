@@ -33,7 +33,7 @@ def test_notebooks_are_committed_without_outputs():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes_and_shows_its_figures(path: Path, trained_run, synthetic_root: Path, monkeypatch):
     run_dir, _ = trained_run
-    monkeypatch.setenv("MURA_DATA_ROOT", str(synthetic_root))
+    monkeypatch.setenv("MURA_ROOT", str(synthetic_root))
     monkeypatch.setenv("MURA_RUN_DIR", str(run_dir))
     monkeypatch.setenv("MURA_EVAL_DIR", str(run_dir))
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel picks its own (inline) backend, as in Jupyter

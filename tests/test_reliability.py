@@ -157,13 +157,11 @@ def test_two_devices_asked_the_plain_lightning_way_give_exactly_the_single_proce
     assert ddp_report["study"]["overall"]["n"] == test["study"].nunique()
     val_studies = splits.loc[splits["split"] == "val", "study"].nunique()
     assert f"({val_studies} studies)" in result.stderr.split("epoch 0 val:")[1].splitlines()[0]
-    single = subprocess.run(
-        [sys.executable, "-m", "mura.evaluate", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.root={synthetic_root}",
-         "data.num_workers=0", f"hydra.run.dir={tmp_path / 'single'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    single_report = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    from mura.evaluate import evaluate
+
+    single_report = evaluate(compose_config([f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.root={synthetic_root}",
+                                             "data.num_workers=0", f"paths.output_dir={tmp_path / 'single'}"],
+                                            config_name="evaluate"))
     for level in ("study", "image"):
         for group, metrics in single_report[level].items():
             for name, value in metrics.items():
@@ -221,6 +219,8 @@ def test_nan_in_the_last_step_of_an_epoch_never_reaches_last_ckpt(synthetic_root
     with pytest.raises(NonFiniteLossError, match=r"epoch 0, global step 3, batch 3"):
         train(cfg)
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+    # Nor an interrupted.ckpt of possibly-NaN weights, which ckpt_path=last (the newest) would resume from.
+    assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()
 
 
 def test_an_error_before_training_leaves_no_checkpoint_behind(synthetic_root: Path, tmp_path: Path, monkeypatch):
@@ -252,4 +252,13 @@ def test_without_checkpointing_the_report_names_the_weights_it_tested(synthetic_
     overrides = [override for override in tiny_training_overrides(synthetic_root, tmp_path) if not override.startswith("callbacks.")]
     train(compose_config([*overrides, "callbacks=none", "trainer.max_epochs=1", "+trainer.enable_checkpointing=false"]))
     report = (tmp_path / "report.md").read_text()
-    assert "the final weights (checkpointing is off)" in report and "best.ckpt" not in report
+    assert "the final weights (no checkpoint callback monitors selection.metric)" in report and "best.ckpt" not in report
+
+
+def test_a_selection_metric_for_a_body_part_not_trained_on_is_refused_before_training(synthetic_root: Path, tmp_path: Path):
+    from mura.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="names a body part this run does not train on"):
+        train(compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "data.body_parts=[XR_WRIST]",
+                              "selection.metric=val/study/XR_HAND/kappa", "selection.mode=max"]))
+    assert not (tmp_path / "checkpoints").exists()

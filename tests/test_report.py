@@ -73,13 +73,14 @@ def test_report_markdown_names_the_method_and_flags_zero_width_intervals():
 def test_write_run_outputs_writes_the_folder_with_patients(tmp_path):
     images = images_table(30)
     report = metrics_report(images, bootstrap=100)
-    studies_meta = pd.DataFrame({"study": [f"study{i}" for i in range(30)]})
+    studies_meta = pd.DataFrame({"study": [f"study{i}" for i in range(30)],
+                                 "patient": [f"patient{i // 2:05d}" for i in range(30)]})
     paths = pd.Series([f"img{i}.png" for i in range(len(images))])
     write_run_outputs(tmp_path, report, images, studies_meta, paths, 0.5, "Evaluation", "val", ["best.ckpt"])
     for name in ("metrics.json", "predictions.csv", "predictions_images.csv", "report.md", "roc.png", "confusion.png"):
         assert (tmp_path / name).stat().st_size > 0
     studies = pd.read_csv(tmp_path / "predictions.csv")
-    assert list(studies["patient"]) == [i // 2 for i in range(30)]
+    assert list(studies["patient"]) == [f"patient{i // 2:05d}" for i in range(30)]  # MURA's ids, not the index
     assert "percentile bootstrap over patients (100 replicates" in (tmp_path / "report.md").read_text()
 
 

@@ -87,3 +87,11 @@ def test_a_folder_that_is_not_there_is_an_error_not_a_running_job(tmp_path: Path
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="neither a run folder"):
         summarize(compose_config([f"runs={tmp_path / 'empty'}", f"paths.output_dir={tmp_path / 'out'}"], config_name="summarize"))
+
+
+def test_a_glob_over_a_sweep_folder_skips_its_files(trained_run, tmp_path: Path):
+    """A sweep's `*` also matches Hydra's multirun.yaml: that is no run, and no error either."""
+    copy_run(trained_run[0], tmp_path / "sweep" / "0", ["seed=1"])
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    summarize(compose_config([f"runs='{tmp_path / 'sweep'}/*'", f"paths.output_dir={tmp_path / 'out'}"], config_name="summarize"))
+    assert pd.read_csv(tmp_path / "out" / "summary.csv")["run"].tolist() == [str(tmp_path / "sweep" / "0")]

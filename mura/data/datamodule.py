@@ -28,6 +28,7 @@ from mura.data.split import (
     assign_splits,
     check_no_leak,
     split_definition,
+    split_mismatch,
     split_table,
 )
 from mura.data.synthetic import choose_data_root, ensure_synthetic
@@ -84,8 +85,6 @@ class MuraDataModule(pl.LightningDataModule):
         splits_dir: str | None = None,
     ):
         super().__init__()
-        if on_bad_image not in ("error", "skip"):
-            raise MuraDataError(f"data.on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
         if cache and not cache_dir:
             raise MuraDataError("data.cache=true needs data.cache_dir: a folder outside data.root for the decoded images")
         self.root, self.synthetic = choose_data_root(root, synthetic)
@@ -139,7 +138,9 @@ class MuraDataModule(pl.LightningDataModule):
         self._check_images(splits or SPLITS_OF_STAGE.get(stage, SPLIT_ORDER))
 
     def _index_and_split(self) -> None:
-        index = build_index(self.root, "all", on_bad_image=self.on_bad_image)
+        # With skip, listed files missing from disk stay in the table: they go through the split like the others
+        # (so it does not depend on which files are missing) and are left out, counted and listed, below.
+        index = build_index(self.root, "all", on_bad_image=self.on_bad_image, keep_missing=self.on_bad_image == "skip")
         # The patients' split is drawn over every body part before any is selected: it depends on the release
         # and the split settings alone, so a wrist run and an all-parts run with one split seed share their
         # validation patients, and a wrist run's training patients never reach another run's validation.
@@ -156,7 +157,7 @@ class MuraDataModule(pl.LightningDataModule):
         self._set_splits(self._listed)
         table = split_table(self.splits)
         log.info("split table (%s):\n%s", self.root, table.to_string(index=False))
-        if self.splits_dir is not None:
+        if self.splits_dir is not None and self._is_first_process():
             self.write_splits(self.splits_dir, table)
 
     def _set_splits(self, splits: pd.DataFrame) -> None:
@@ -179,7 +180,15 @@ class MuraDataModule(pl.LightningDataModule):
         wanted = [split for split in splits if split not in self._checked and self.has_split(split)]
         if not wanted:
             return
-        unreadable = self._broadcast(self._find_unreadable(wanted) if self._is_first_process() else None)
+        unreadable = None
+        if self._is_first_process():
+            try:
+                unreadable = self._find_unreadable(wanted)
+            except Exception as error:  # noqa: BLE001 - handed to every process, so none waits for an answer forever
+                unreadable = error
+        unreadable = self._broadcast(unreadable)
+        if isinstance(unreadable, Exception):
+            raise unreadable
         if self.cache:
             for split in wanted:  # built by the first process above; the others open it
                 self.image_cache(split)
@@ -196,7 +205,7 @@ class MuraDataModule(pl.LightningDataModule):
         self.skipped.update(unreadable)
         log.warning("%d unreadable image(s) left out (data.on_bad_image=skip): %s", len(unreadable), examples)
         self._set_splits(self._listed[~self._listed["path"].isin(self.skipped)])
-        if self.splits_dir is not None:
+        if self.splits_dir is not None and self._is_first_process():
             self.write_splits(self.splits_dir, split_table(self.splits))
             (Path(self.splits_dir) / SKIPPED_IMAGES_FILE).write_text("".join(f"{path}\n" for path in sorted(self.skipped)))
 
@@ -219,15 +228,12 @@ class MuraDataModule(pl.LightningDataModule):
         return {"split": {**self.split_definition, "body_parts": list(self.body_parts)}} if self.split_definition else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """On resume: the run must go on with the split it started with."""
+        """On resume: the run must go on with the split and the body parts it started with."""
         saved = state_dict.get("split")
-        if saved and self.split_definition and saved["val_patients_digest"] != self.split_definition["val_patients_digest"]:
-            raise MuraDataError(
-                f"the checkpoint was trained with another validation split (split_seed {saved['split_seed']}, val_fraction "
-                f"{saved['val_fraction']}, {saved['val_patients']} validation patients) than this run's (split_seed "
-                f"{self.split_seed}, val_fraction {self.val_fraction}, {self.split_definition['val_patients']}); resume "
-                "with the settings and data it was trained with"
-            )
+        mismatch = split_mismatch(saved, self.state_dict()["split"]) if saved and self.split_definition else None
+        if mismatch:
+            raise MuraDataError(f"cannot resume from this checkpoint: {mismatch}; resume with the settings and data it was "
+                                "trained with")
 
     # -- what the rest of the package asks for -----------------------------------------------------------
 

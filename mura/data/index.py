@@ -98,18 +98,34 @@ def check_root(root: str | os.PathLike | None) -> Path:
     return root_path
 
 
-def refuse_writes_inside(root: str | os.PathLike, outputs: dict[str, str | os.PathLike | None]) -> None:
-    """A user's dataset is never written to: refuse any output folder (named by its setting) inside `root`."""
+def refuse_writes_inside(root: str | os.PathLike | None, outputs: dict[str, str | os.PathLike | None]) -> None:
+    """A user's dataset is never written to: refuse any output folder (named by its setting) inside `root`.
+    No root yet (unset, or synthetic data still to be generated): nothing to protect here."""
+    if root in (None, ""):
+        return
     data = Path(root).expanduser().resolve()
     for setting, folder in outputs.items():
-        if folder is None:
+        if folder in (None, ""):
             continue
         target = Path(folder).expanduser().resolve()
         if target == data or data in target.parents:
             raise MuraDataError(
-                f"{setting} {str(folder)!r} is inside data.root {str(root)!r}: no command writes inside the dataset; "
-                "choose a folder outside it"
+                f"{setting} {str(target)!r} is inside data.root {str(data)!r}: no command writes inside the dataset; "
+                "choose a folder outside it (run the command from outside the dataset, or set hydra.run.dir)"
             )
+
+
+def refuse_a_release_as_data_dir(data_dir: str | os.PathLike | None) -> None:
+    """paths.data_dir (MURA_DATA_DIR) is where mura keeps caches and synthetic data: a folder that holds a MURA
+    release is somebody's dataset (MURA_ROOT or data.root names that), and nothing is written there."""
+    if data_dir in (None, ""):
+        return
+    folder = Path(data_dir).expanduser()
+    if any((folder / f"{split}_image_paths.csv").is_file() for split in OFFICIAL_SPLITS):
+        raise MuraDataError(
+            f"paths.data_dir (MURA_DATA_DIR) {str(folder.resolve())!r} holds a MURA release: it is where mura writes caches "
+            "and synthetic data. Name your dataset with data.root (or MURA_ROOT) and point MURA_DATA_DIR elsewhere"
+        )
 
 
 def _csv_rows(csv_path: Path, n_columns: int) -> list[tuple[int, list[str]]]:
@@ -298,13 +314,14 @@ def build_index(
     body_parts: str | list[str] | None = "all",
     on_bad_image: str = "error",
     check_files: bool = True,
+    keep_missing: bool = False,
 ) -> pd.DataFrame:
     """The image table used for training: one row per image, columns `INDEX_COLUMNS`.
 
     Policy: a label that disagrees with its folder, or a study listed in the image CSV without a label, is an
     error (training on it would be training on a wrong label). A listed image missing from disk is an error,
-    or a counted skip with ``on_bad_image="skip"``. Sidecars, unlisted files and repeated rows are counted
-    and ignored.
+    or a counted skip with ``on_bad_image="skip"`` (``keep_missing`` keeps such rows, for a caller that checks
+    every file itself and skips them later). Sidecars, unlisted files and repeated rows are counted and ignored.
     """
     if on_bad_image not in ("error", "skip"):
         raise MuraDataError(f"data.on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
@@ -330,7 +347,8 @@ def build_index(
         if on_bad_image == "error":
             raise MuraDataError(message + ". Restore the files, or set data.on_bad_image=skip to train without them")
         log.warning("%s. Skipping them (data.on_bad_image=skip)", message)
-        table = table[~table["missing"]]
+        if not keep_missing:
+            table = table[~table["missing"]]
     ignored = Counter(problem.kind for problem in scan.problems if problem.kind in ("sidecar_file", "hidden_file", "unlisted_file", "duplicate_row", "study_without_images"))
     if ignored:
         log.info("ignored while indexing %s: %s", root, dict(ignored))

@@ -105,6 +105,18 @@ def check_no_leak(splits: pd.DataFrame) -> None:
             )
 
 
+def split_mismatch(recorded: dict, current: dict) -> str | None:
+    """Why two split records (`split_definition`, plus body parts where both have them) are not one split, or None."""
+    if recorded["val_patients_digest"] != current["val_patients_digest"]:
+        return (f"its validation split (split_seed {recorded['split_seed']}, val_fraction {recorded['val_fraction']}: "
+                f"{recorded['val_patients']} patients, digest {recorded['val_patients_digest']}) is not this one "
+                f"(split_seed {current['split_seed']}, val_fraction {current['val_fraction']}: {current['val_patients']} "
+                f"patients, digest {current['val_patients_digest']})")
+    if "body_parts" in recorded and "body_parts" in current and list(recorded["body_parts"]) != list(current["body_parts"]):
+        return f"it trained on body parts {list(recorded['body_parts'])}, not {list(current['body_parts'])}"
+    return None
+
+
 def split_definition(splits: pd.DataFrame, split_seed: int, val_fraction: float) -> dict:
     """What decides the validation split, for checkpoints: a run's validation patients are a function of the
     release and these settings alone (drawn over every body part, before any is selected), so an evaluation can

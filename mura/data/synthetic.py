@@ -418,7 +418,7 @@ def choose_data_root(root: str | None, synthetic: dict | None) -> tuple[str | No
     if root not in (None, ""):
         if synthetic:
             log.info("data.root is given: reading the data at %s; the data.synthetic settings are unused", root)
-        return str(root), None
+        return str(Path(root).expanduser()), None
     if not synthetic:
         return None, None
     if not synthetic_dir:

@@ -191,9 +191,13 @@ def predictions_tables(
     """
     studies = aggregate_studies(images)
     studies.insert(1, "study", studies_meta.loc[studies["study_idx"], "study"].to_numpy())
+    if "patient" in images.columns:  # the MURA patient id (patientNNNNN), not the index the bootstrap used
+        studies["patient"] = studies_meta.loc[studies["study_idx"], "patient"].to_numpy()
     studies["prediction"] = (studies["probability"] > threshold).astype(int)
     image_rows = images.assign(path=paths.loc[images["image_idx"]].to_numpy())
     image_rows["study"] = studies_meta.loc[image_rows["study_idx"], "study"].to_numpy()
+    if "patient" in images.columns:
+        image_rows["patient"] = studies_meta.loc[image_rows["study_idx"], "patient"].to_numpy()
     image_rows["prediction"] = (image_rows["probability"] > threshold).astype(int)
     patient = ["patient"] if "patient" in images.columns else []
     study_columns = ["study", *patient, "body_part", "n_views", "label", "probability", "prediction"]

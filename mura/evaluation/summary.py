@@ -96,9 +96,14 @@ def _validation(run: Path) -> dict:
     history = json.loads(history_path.read_text()) if history_path.is_file() else []
     row = {"epochs": len(history) or None, "selection": None, "best_epoch": None, "selection_score": None,
            "val_loss": None, "val_study_kappa": None}
-    if not selection_path.is_file():
+    scored = [entry for entry in history if entry.get("val/loss") is not None]
+    if selection_path.is_file():
+        selection = json.loads(selection_path.read_text())
+    elif scored:  # a run of an earlier version, which had one rule: the lowest validation loss
+        best = min(scored, key=lambda entry: entry["val/loss"])
+        selection = {"metric": "val/loss", "mode": "min", "epoch": best["epoch"], "score": best["val/loss"]}
+    else:
         return row
-    selection = json.loads(selection_path.read_text())
     epoch_row = next((entry for entry in history if entry.get("epoch") == selection["epoch"]), {})
     return {**row, "selection": f"{selection['metric']} {selection['mode']}", "best_epoch": selection["epoch"],
             "selection_score": selection["score"], "val_loss": epoch_row.get("val/loss"),
@@ -107,7 +112,9 @@ def _validation(run: Path) -> dict:
 
 def _test(study: dict) -> dict:
     overall = study["overall"]
-    low, high = overall.get("kappa_ci95") or (None, None)
+    # An earlier version's kappa_ci95 was the standard-error interval (it wrote no kappa_ci95_se): not shown beside
+    # bootstrap intervals, in a column that would then hold two kinds of interval.
+    low, high = (overall.get("kappa_ci95") or (None, None)) if "kappa_ci95_se" in overall else (None, None)
     result = {"study_kappa": overall.get("kappa"), "kappa_ci_low": low, "kappa_ci_high": high,
               "study_auroc": overall.get("auroc"), "studies": overall.get("n")}
     result.update({f"kappa_{part}": metrics.get("kappa") for part, metrics in study.items() if part != "overall"})
