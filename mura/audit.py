@@ -9,10 +9,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mura.app.errors import exit_on_user_error
 from mura.data.audit import audit_markdown, audit_release
 from mura.data.index import check_root, refuse_writes_inside
 from mura.data.synthetic import choose_data_root, ensure_synthetic
-from mura.errors import exit_on_user_error
 
 log = logging.getLogger(__name__)
 

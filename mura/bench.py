@@ -13,11 +13,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mura import speed
+from mura.app.errors import exit_on_user_error
+from mura.benchmarking import measurements
 from mura.data.index import refuse_writes_inside
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic
-from mura.errors import exit_on_user_error
-from mura.evaluation.inference import pick_device
+from mura.inference.predictor import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,15 @@ def run_bench(cfg: DictConfig) -> dict:
     refuse_writes_inside(root, {"paths.output_dir": cfg.paths.output_dir, "cache_dir": cache_dir})
     common = {"image_size": cfg.image_size, "channels": cfg.channels, "device": device}
     measures = {
-        "data": lambda recipe, settings: speed.measure_data(root, recipe, batch_size=settings["batch_size"], workers=cfg.workers,
+        "data": lambda recipe, settings: measurements.measure_data(root, recipe, batch_size=settings["batch_size"], workers=cfg.workers,
                                                             cache_dir=cache_dir, **common),
-        "train": lambda recipe, settings: speed.measure_train_step(cfg.backbone, steps=cfg.train.steps, warmup=cfg.train.warmup,
+        "train": lambda recipe, settings: measurements.measure_train_step(cfg.backbone, steps=cfg.train.steps, warmup=cfg.train.warmup,
                                                                    recipe_name=recipe, **settings, **common),
-        "fit": lambda recipe, settings: speed.measure_fit(root, recipe, cfg.backbone, workers=cfg.workers, batches=cfg.fit.batches,
+        "fit": lambda recipe, settings: measurements.measure_fit(root, recipe, cfg.backbone, workers=cfg.workers, batches=cfg.fit.batches,
                                                           warmup=cfg.fit.warmup, cache_dir=cache_dir, **settings, **common),
-        "infer": lambda recipe, settings: speed.measure_inference(cfg.backbone, steps=cfg.infer.steps, warmup=cfg.infer.warmup,
+        "infer": lambda recipe, settings: measurements.measure_inference(cfg.backbone, steps=cfg.infer.steps, warmup=cfg.infer.warmup,
                                                                   recipe_name=recipe, **settings, **common),
-        "evaluate": lambda recipe, settings: speed.measure_evaluation(root, recipe, cfg.backbone, workers=cfg.workers,
+        "evaluate": lambda recipe, settings: measurements.measure_evaluation(root, recipe, cfg.backbone, workers=cfg.workers,
                                                                       cache_dir=cache_dir, **settings, **common),
     }
     plan = [(kind, recipe, None, _settings(cfg, kind, recipe)) for recipe in ("baseline", "ours") for kind in MAIN_KINDS
@@ -76,7 +76,7 @@ def run_bench(cfg: DictConfig) -> dict:
             # end_to_end: an inference row measured through mura.evaluate's own path, from the image files.
             measure = measures["evaluate" if settings.pop("end_to_end", False) else kind]
             measured = measure(recipe, settings)
-        except speed.NeedsCuda as exc:
+        except measurements.NeedsCuda as exc:
             result["not_measured"].append({"kind": kind, "recipe": recipe, "variant": variant, "reason": str(exc)})
         except Exception as exc:  # one broken measurement must not lose the others (a GPU run is one command)
             log.exception("%s failed", label)

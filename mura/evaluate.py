@@ -9,14 +9,14 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from mura.app.errors import ConfigError, exit_on_user_error
+from mura.app.paths import expand_paths
 from mura.data.index import parse_body_parts, refuse_writes_inside
 from mura.data.split import split_mismatch
-from mura.errors import ConfigError, exit_on_user_error
-from mura.evaluation.inference import average_ensemble, pick_device, predict_images
 from mura.evaluation.metrics import metrics_report
 from mura.evaluation.report import metrics_table, write_run_outputs
+from mura.inference.predictor import average_ensemble, pick_device, predict_images
 from mura.models.checkpoint import load_classifier, training_split
-from mura.paths import expand_paths
 
 log = logging.getLogger(__name__)
 

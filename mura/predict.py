@@ -11,10 +11,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mura.errors import exit_on_user_error
-from mura.evaluation.inference import pick_device
+from mura.app.errors import exit_on_user_error
+from mura.inference.predictor import pick_device
+from mura.inference.study_files import find_studies, predict_study
 from mura.models.checkpoint import load_classifier
-from mura.prediction import find_studies, predict_study
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mura.errors import exit_on_user_error
+from mura.app.errors import exit_on_user_error
+from mura.app.paths import expand_paths
 from mura.evaluation.summary import find_runs, summarize_runs, summary_markdown
-from mura.paths import expand_paths
 
 log = logging.getLogger(__name__)
 

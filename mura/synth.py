@@ -7,8 +7,8 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mura.app.errors import ConfigError, exit_on_user_error
 from mura.data.synthetic import choose_data_root, ensure_synthetic, generate
-from mura.errors import ConfigError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 

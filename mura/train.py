@@ -17,10 +17,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mura.app.errors import ConfigError, exit_on_user_error
 from mura.callbacks.gradcam import GradCamGallery
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
 from mura.data.index import BODY_PARTS, refuse_writes_inside
-from mura.errors import ConfigError, exit_on_user_error
 from mura.evaluation.metrics import LOGGED_METRICS
 from mura.evaluation.report import metrics_table, write_run_outputs
 from mura.models.checkpoint import checkpoint_epoch, read_checkpoint

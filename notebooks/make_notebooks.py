@@ -125,7 +125,7 @@ import torch
 
 from mura.data.images import load_grayscale
 from mura.data.transforms import build_transforms
-from mura.explain import study_heatmap_figure
+from mura.inference.explain import study_heatmap_figure
 from mura.models.checkpoint import load_classifier
 ''' + NEWEST_RUN + '''
 run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mura.data.audit import audit_release
+from mura.data.audit import audit_release, paper_loss_weights
 from mura.data.images import load_grayscale
 from mura.data.index import build_index
 from mura.data.synthetic import MANIFEST_FILE
-from mura.models.loss import paper_loss_weights
 
 REPO = Path(__file__).resolve().parents[1]
 

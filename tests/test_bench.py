@@ -8,8 +8,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from mura import speed
 from mura.bench import bench_table, run_bench
+from mura.benchmarking import measurements
 from mura.data.synthetic import SyntheticConfig, plan_release
 
 TINY_BENCH = ["image_size=32", "workers=0", "data.batch_size=8", "train.steps=1", "fit.batches=1", "fit.warmup=1",
@@ -65,10 +65,10 @@ def test_gpu_preset_names_only_real_settings_and_has_images_for_every_timed_batc
     """benchmarks/gpu_check.sh runs this preset on a GPU that this suite never sees: catch its mistakes here."""
     cfg = compose_config(["bench_preset=gpu"], config_name="bench")
     assert (cfg.backbone, cfg.image_size) == ("densenet169", 320)
-    measurements = {"train": speed.measure_train_step, "fit": speed.measure_fit, "infer": speed.measure_inference}
+    by_kind = {"train": measurements.measure_train_step, "fit": measurements.measure_fit, "infer": measurements.measure_inference}
     largest_fit_batch = cfg.fit.ours.batch_size
     for name, settings in cfg.tries.items():
-        measurement = speed.measure_evaluation if settings.get("end_to_end") else measurements[settings.kind]
+        measurement = measurements.measure_evaluation if settings.get("end_to_end") else by_kind[settings.kind]
         assert set(settings) - {"kind", "end_to_end"} <= set(inspect.signature(measurement).parameters), name
         if settings.kind == "fit":
             largest_fit_batch = max(largest_fit_batch, settings.get("batch_size", 0))

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from mura.callbacks.curves import draw_curves, overfitting_onset
-from mura.explain import gradcam_maps
+from mura.inference.explain import gradcam_maps
 from mura.models.backbones import build_backbone
 
 

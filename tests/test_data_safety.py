@@ -143,7 +143,7 @@ def test_every_other_command_leaves_the_user_tree_byte_identical(trained_run, un
 
 
 def test_asking_for_synthetic_data_in_a_user_folder_is_refused(untouched: Path, tmp_path: Path):
-    from mura.errors import ConfigError
+    from mura.app.errors import ConfigError
     from mura.synth import synthesize
 
     with pytest.raises(ConfigError, match="data.root names real data"):
@@ -206,7 +206,7 @@ def test_mura_data_dir_pointing_at_a_release_or_into_the_dataset_is_refused(unto
     from hydra import compose, initialize_config_dir
 
     from conftest import CONF_DIR
-    from mura.guard import check_outputs
+    from mura.app.guard import check_outputs
 
     def hydra_config(*overrides: str):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

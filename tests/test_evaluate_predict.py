@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from conftest import compose_config
-from mura.errors import CheckpointError, ConfigError
+from mura.app.errors import CheckpointError, ConfigError
+from mura.app.paths import expand_paths
 from mura.evaluate import evaluate
 from mura.models.checkpoint import load_classifier, read_checkpoint
-from mura.paths import expand_paths
 from mura.predict import predict
 
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torchvision import models
 
+from mura.app.errors import ConfigError
 from mura.data.index import BODY_PARTS
-from mura.errors import ConfigError
 from mura.models import backbones
 from mura.models.backbones import build_backbone, count_parameters, gradcam_layer
 from mura.models.loss import StudyTypeWeightedBCE, weighted_bce_with_logits

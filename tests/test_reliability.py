@@ -81,7 +81,7 @@ def test_sigterm_saves_a_checkpoint_before_exiting(synthetic_root: Path, tmp_pat
 
 def test_a_new_run_in_a_folder_with_checkpoints_is_refused(synthetic_root: Path, tmp_path: Path):
     """Rather than overwriting the run's checkpoints (or resuming from one unasked, as Lightning would)."""
-    from mura.errors import ConfigError
+    from mura.app.errors import ConfigError
 
     interrupted = tmp_path / "checkpoints" / "interrupted.ckpt"
     interrupted.parent.mkdir()
@@ -170,7 +170,7 @@ def test_two_devices_asked_the_plain_lightning_way_give_exactly_the_single_proce
 
 
 def test_lightning_sharding_on_top_of_ours_is_refused(synthetic_root: Path, tmp_path: Path):
-    from mura.errors import ConfigError
+    from mura.app.errors import ConfigError
 
     cfg = compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "trainer.accelerator=cpu", "trainer.devices=2",
                           "trainer.use_distributed_sampler=true"])
@@ -256,7 +256,7 @@ def test_without_checkpointing_the_report_names_the_weights_it_tested(synthetic_
 
 
 def test_a_selection_metric_for_a_body_part_not_trained_on_is_refused_before_training(synthetic_root: Path, tmp_path: Path):
-    from mura.errors import ConfigError
+    from mura.app.errors import ConfigError
 
     with pytest.raises(ConfigError, match="names a body part this run does not train on"):
         train(compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "data.body_parts=[XR_WRIST]",

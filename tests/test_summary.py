@@ -79,7 +79,7 @@ def test_a_maximised_rule_sorts_highest_first_and_mixed_rules_are_not_ranked(tra
 
 def test_a_folder_that_is_not_there_is_an_error_not_a_running_job(tmp_path: Path):
     """It used to exit 0 saying the folder was still running."""
-    from mura.errors import ConfigError
+    from mura.app.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no/such/folder is not a folder"):
         summarize(compose_config([f"runs={tmp_path / 'no' / 'such' / 'folder'}", f"paths.output_dir={tmp_path / 'out'}"],

@@ -159,8 +159,8 @@ def test_optuna_receives_each_trials_selected_score_and_goes_on_past_an_undefine
 
 
 def test_one_selection_rule_drives_checkpoint_early_stopping_and_the_sweeper(synthetic_root: Path, tmp_path: Path, monkeypatch):
+    from mura.app.errors import ConfigError
     from mura.callbacks.gradcam import GradCamGallery
-    from mura.errors import ConfigError
     from mura.train import sweep_value, train
 
     drawn = {}

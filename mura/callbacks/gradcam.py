@@ -11,7 +11,7 @@ import torch
 
 from mura.data.images import load_grayscale
 from mura.data.transforms import build_transforms
-from mura.explain import save_figure, study_heatmap_figure
+from mura.inference.explain import save_figure, study_heatmap_figure
 
 log = logging.getLogger(__name__)
 

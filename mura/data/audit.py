@@ -20,10 +20,17 @@ from tqdm import tqdm
 
 from mura.data.images import ImageDecodeError, image_format, load_grayscale
 from mura.data.index import BODY_PARTS, OFFICIAL_SPLITS, Problem, scan_release
-from mura.models.loss import paper_loss_weights
 
 NEAR_BLANK_STD = 4.0  # grey levels; real radiographs sit far above
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 64, 2048, 4.0
+
+
+def paper_loss_weights(normal_images: int, abnormal_images: int) -> dict[str, float]:
+    """w_abnormal = N / (A + N), w_normal = A / (A + N); 0.5 each for a body part with no images."""
+    total = normal_images + abnormal_images
+    if total == 0:
+        return {"w_abnormal": 0.5, "w_normal": 0.5}
+    return {"w_abnormal": normal_images / total, "w_normal": abnormal_images / total}
 
 
 def count_table(table: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:

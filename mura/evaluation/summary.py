@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from mura.errors import ConfigError
+from mura.app.errors import ConfigError
 from mura.evaluation.metrics import format_metric
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from mura.errors import ConfigError
+from mura.app.errors import ConfigError
 
 BACKBONES = ("densenet169", "densenet121", "densenet_small", "seed_cnn")
 _TORCHVISION_DENSENETS = {

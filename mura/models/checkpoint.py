@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from mura.app.errors import CheckpointError
 from mura.data.datamodule import MuraDataModule
-from mura.errors import CheckpointError
 from mura.models.classifier import CHECKPOINT_FORMAT, MuraClassifier
 
 # Settings that only matter when a network is first built for training.

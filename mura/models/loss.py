@@ -10,13 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def paper_loss_weights(normal_images: int, abnormal_images: int) -> dict[str, float]:
-    """w_abnormal = N / (A + N), w_normal = A / (A + N); 0.5 each for a body part with no images."""
-    total = normal_images + abnormal_images
-    if total == 0:
-        return {"w_abnormal": 0.5, "w_normal": 0.5}
-    return {"w_abnormal": normal_images / total, "w_normal": abnormal_images / total}
+from mura.data.audit import paper_loss_weights
 
 
 def weighted_bce_with_logits(

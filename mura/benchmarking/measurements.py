@@ -15,7 +15,7 @@ import torch
 
 from mura.data.datamodule import MuraDataModule
 from mura.data.device_augment import DeviceAugmentation
-from mura.evaluation.inference import autocast_bf16, predict_images
+from mura.inference.predictor import autocast_bf16, predict_images
 from mura.models.backbones import build_backbone
 from mura.models.classifier import MuraClassifier
 from mura.models.loss import weighted_bce_with_logits

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from omegaconf import ListConfig
 
-from mura.errors import ConfigError
+from mura.app.errors import ConfigError
 
 
 def expand_paths(value, setting: str, keep: Callable[[str], bool] | None = None) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 from mura.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_grayscale
 from mura.data.index import BODY_PARTS
 from mura.data.transforms import build_transforms
-from mura.explain import save_figure, study_heatmap_figure
+from mura.inference.explain import save_figure, study_heatmap_figure
 from mura.models.classifier import MuraClassifier
 
 

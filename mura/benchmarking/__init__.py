@@ -1,0 +1,1 @@
+"""The measurements behind `python -m mura.bench`."""
