@@ -11,6 +11,7 @@ from omegaconf import DictConfig, open_dict
 
 from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.paths import expand_paths
+from mura.app.run_start import start_run
 from mura.data.index import parse_body_parts, refuse_writes_inside
 from mura.data.split import split_mismatch
 from mura.evaluation.metrics import metrics_report
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # The splits carved out of the official train split: scoring them needs the training run's own split.
 CARVED_SPLITS = ("train", "val")
-UNRECORDED_SPLIT = {"split_seed": 0, "val_fraction": 0.1}
+SPLIT_SETTINGS = {"split_seed": 0, "val_fraction": 0.1, "cv_folds": None, "cv_fold": None}  # defaults without a record
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -35,10 +36,10 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodules = {}  # one per preprocessing: an ensemble of one recipe reads the index once
     for path in checkpoints:
         model = load_classifier(path, device)
-        preprocessing = (model.hparams.image_size, model.hparams.recipe, model.hparams.in_channels)
+        preprocessing = (model.hparams.image_size, model.hparams.recipe, model.hparams.in_channels, model.hparams.resize)
         if preprocessing not in datamodules:
             with open_dict(cfg):
-                cfg.data.image_size, cfg.data.recipe, cfg.data.channels = preprocessing
+                cfg.data.image_size, cfg.data.recipe, cfg.data.channels, cfg.data.resize = preprocessing
                 cfg.data.update(data_settings["data"])
                 cfg.data.splits_dir = None
             datamodules[preprocessing] = instantiate(cfg.data)
@@ -96,15 +97,15 @@ def split_settings(requested: DictConfig, trained: list[dict | None], checkpoint
         settings["body_parts"] = list(trained_parts.pop()) if trained_parts else "all"
     else:
         settings["body_parts"] = parse_body_parts(body_parts)
-    for key in ("split_seed", "val_fraction"):
-        value = requested.get(key)
-        if reference is not None and value is not None and value != reference[key] and split in CARVED_SPLITS:
+    for key, default in SPLIT_SETTINGS.items():
+        value, trained_value = requested.get(key), reference.get(key, default) if reference else default
+        if reference is not None and value is not None and value != trained_value and split in CARVED_SPLITS:
             raise ConfigError(
-                f"data.{key}={value} differs from the training run's {reference[key]}: its {split} split would not be "
+                f"data.{key}={value} differs from the training run's {trained_value}: its {split} split would not be "
                 f"the one it trained with (other patients, some of them trained on); leave data.{key} out to use the run's"
             )
-        # Without a record the split settings matter only to carved splits, refused above: any value will do.
-        settings[key] = value if value is not None else reference[key] if reference else UNRECORDED_SPLIT[key]
+        # Without a record the split settings matter only to carved splits, refused above: the defaults will do.
+        settings[key] = value if value is not None else trained_value
     return {"data": settings, "trained": reference}
 
 
@@ -119,6 +120,7 @@ def check_same_split(rebuilt: dict, trained: dict | None, split: str) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    start_run(cfg)
     evaluate(cfg)
 
 

@@ -45,7 +45,7 @@ def test_a_sweep_is_one_table_sorted_by_validation_with_unfinished_jobs_reported
     assert table.loc[0, "best_epoch"] == len(history) - 1 and table.loc[0, "val_loss"] == 0.01
     assert table["selection"].tolist() == ["val/loss min"] * 2
     assert "sorted by their selection rule, val/loss min" in sweep_only
-    assert f"not summarised: {sweep / '2'}: no metrics.json" in sweep_only
+    assert f"not summarised: {sweep / '2'}: neither metrics.json nor selection.json" in sweep_only
 
     markdown = summarize(compose_config([f"runs=[{sweep},{evaluation}]", f"paths.output_dir={tmp_path / 'out'}"],
                                         config_name="summarize"))

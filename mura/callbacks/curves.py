@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -13,6 +14,8 @@ from matplotlib.figure import Figure
 log = logging.getLogger(__name__)
 
 PANELS = (("loss", "{stage}/loss"), ("image accuracy", "{stage}/image/accuracy"), ("study kappa", "{stage}/study/kappa"))
+# Recorded in history.json beside the panels' metrics: what mura.summarize reads at a run's selected epoch.
+RECORDED = (*(template for _, template in PANELS), "{stage}/study/auroc")
 
 
 def overfitting_onset(
@@ -46,11 +49,12 @@ class LearningCurves(pl.Callback):
             return
         metrics = trainer.callback_metrics
         row = {"epoch": trainer.current_epoch}
-        for _, template in PANELS:
+        for template in RECORDED:
             for stage in ("train", "val"):
                 key = template.format(stage=stage)
                 if key in metrics:
-                    row[key] = float(metrics[key])
+                    value = float(metrics[key])
+                    row[key] = None if math.isnan(value) else value  # undefined this epoch; JSON has no NaN
         self.history = [entry for entry in self.history if entry["epoch"] != row["epoch"]] + [row]
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "history.json").write_text(json.dumps(self.history, indent=2))
@@ -81,7 +85,8 @@ def curves_figure(history: list[dict[str, float]], patience: int = 2) -> tuple[F
     axes = figure.subplots(1, len(PANELS))
     for axis, (title, template) in zip(axes, PANELS, strict=True):
         for stage, style in (("train", "-o"), ("val", "-s")):
-            values = [row.get(template.format(stage=stage), float("nan")) for row in history]
+            key = template.format(stage=stage)
+            values = [float("nan") if row.get(key) is None else row[key] for row in history]
             axis.plot(epochs, values, style, label=stage, markersize=3)
         if onset_index is not None:
             axis.axvline(epochs[onset_index], color="tab:red", linestyle="--", label="overfitting starts")

@@ -4,7 +4,7 @@ PNG decoding and resizing dominate the input pipeline (REFERENCE.md section 5: 1
 epoch from the cache is a memory copy. The cache stores exactly the output of the recipes' first step
 (`resize_square`), so every later step, and every metric, is the same as from the PNG files.
 
-A cache is keyed on its source files (path, size, modification time), the image size and the format
+A cache is keyed on its source files (path, size, modification time), the image size, the resize mode and the format
 version: change any and it is rebuilt; otherwise it is reused. It is built by several processes, with a
 progress bar, into a temporary file that is renamed when complete.
 """
@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: failures include the file check of mura.data.verify
 
 
-def cache_key(root: Path, paths: list[str], image_size: int) -> str:
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{image_size}|{root.resolve()}".encode())
+def cache_key(root: Path, paths: list[str], image_size: int, resize_mode: str = "squash") -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{image_size}|{resize_mode}|{root.resolve()}".encode())
     for path in paths:
         try:
             stat = os.stat(root / path)
@@ -43,7 +43,7 @@ def cache_key(root: Path, paths: list[str], image_size: int) -> str:
 
 def _decode_rows(job: tuple[str, str, list[tuple[int, str]], int, int]) -> list[tuple[int, str]]:
     """Decode and resize rows into the memory map (runs in worker processes); returns the failures."""
-    array_path, root, rows, total, image_size = job
+    array_path, root, rows, total, image_size, resize_mode = job
     array = np.memmap(array_path, dtype=np.uint8, mode="r+", shape=(total, image_size, image_size))
     failures = []
     for position, path in rows:
@@ -58,7 +58,7 @@ def _decode_rows(job: tuple[str, str, list[tuple[int, str]], int, int]) -> list[
         except ImageDecodeError as error:
             failures.append((position, error.reason))
             continue
-        array[position] = resize_square(pixels, image_size)[0].numpy()
+        array[position] = resize_square(pixels, image_size, resize_mode)[0].numpy()
     array.flush()
     return failures
 
@@ -105,10 +105,11 @@ def open_or_build_cache(
     cache_dir: str | Path,
     workers: int = 4,
     progress: bool = True,
+    resize_mode: str = "squash",
 ) -> ImageCache:
-    """The cache for these files at this size: reused when its key matches, built otherwise."""
+    """The cache for these files at this size and resize mode: reused when its key matches, built otherwise."""
     root, cache_dir = Path(root), Path(cache_dir)
-    key = cache_key(root, paths, image_size)
+    key = cache_key(root, paths, image_size, resize_mode)
     array_path, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
     if meta_path.is_file() and array_path.is_file():
         return ImageCache(array_path, json.loads(meta_path.read_text()))
@@ -117,13 +118,13 @@ def open_or_build_cache(
     total = len(paths)
     np.memmap(partial, dtype=np.uint8, mode="w+", shape=(max(total, 1), image_size, image_size)).flush()
     chunk = max(1, min(256, total // max(1, workers * 4) or 1))
-    jobs = [(str(partial), str(root), list(enumerate(paths))[start : start + chunk], max(total, 1), image_size)
+    jobs = [(str(partial), str(root), list(enumerate(paths))[start : start + chunk], max(total, 1), image_size, resize_mode)
             for start in range(0, total, chunk)]
     failures: dict[int, str] = {}
     for result in map_in_processes(_decode_rows, jobs, [len(job[2]) for job in jobs], workers,
                                    f"caching {total} images at {image_size} px", progress):
         failures.update(result)
-    meta = {"version": CACHE_VERSION, "root": str(root), "image_size": image_size, "paths": paths,
+    meta = {"version": CACHE_VERSION, "root": str(root), "image_size": image_size, "resize": resize_mode, "paths": paths,
             "failures": {str(k): v for k, v in failures.items()}}
     os.replace(partial, array_path)
     meta_path.write_text(json.dumps(meta))  # written last: its presence marks a complete cache

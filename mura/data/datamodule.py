@@ -25,7 +25,9 @@ from mura.data.sampling import SeededSampler
 from mura.data.split import (
     SPLIT_ORDER,
     SPLITS_CSV_COLUMNS,
+    assign_fold,
     assign_splits,
+    check_folds,
     check_no_leak,
     split_definition,
     split_mismatch,
@@ -55,6 +57,9 @@ class MuraDataModule(pl.LightningDataModule):
         seed: the order of the training images and their augmentation (mura.data.sampling).
         split_seed: which patients go to validation; None: `seed`. Fixing it while `seed` varies trains an
             ensemble whose members differ in initialisation, order and augmentation but share one validation split.
+        cv_folds, cv_fold: validate on fold `cv_fold` of `cv_folds` patient-grouped folds of the official train
+            split (stratified by body part and label) instead of a `val_fraction` share.
+        resize: the first step's "squash" (the paper) or "pad" (keep the aspect ratio), mura.data.transforms.
         on_bad_image: "error" stops `setup` at the first unreadable listed image (before any training step);
             "skip" leaves such images out, counted, listed and written to `skipped_images.txt`.
         cache: decode and resize every image once into a memory-mapped file under `cache_dir` (mura.data.cache).
@@ -67,12 +72,15 @@ class MuraDataModule(pl.LightningDataModule):
         root: str | None,
         body_parts: str | list[str] = "all",
         image_size: int = 320,
+        resize: str = "squash",
         recipe: str = "paper",
         channels: int = 3,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         val_fraction: float = 0.1,
+        cv_folds: int | None = None,
+        cv_fold: int | None = None,
         seed: int = 0,
         split_seed: int | None = None,
         on_bad_image: str = "error",
@@ -90,12 +98,14 @@ class MuraDataModule(pl.LightningDataModule):
         self.root, self.synthetic = choose_data_root(root, synthetic)
         self.body_parts = parse_body_parts(body_parts)
         self.image_size = image_size
+        self.resize = resize
         self.recipe = recipe
         self.channels = channels
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.val_fraction = val_fraction
+        self.cv_folds, self.cv_fold = check_folds(cv_folds, cv_fold)
         self.seed = seed
         self.split_seed = seed if split_seed is None else split_seed
         self.on_bad_image = on_bad_image
@@ -144,9 +154,12 @@ class MuraDataModule(pl.LightningDataModule):
         # The patients' split is drawn over every body part before any is selected: it depends on the release
         # and the split settings alone, so a wrist run and an all-parts run with one split seed share their
         # validation patients, and a wrist run's training patients never reach another run's validation.
-        splits = assign_splits(index, self.val_fraction, self.split_seed)
+        if self.cv_folds:
+            splits = assign_fold(index, self.cv_folds, self.cv_fold, self.split_seed)
+        else:
+            splits = assign_splits(index, self.val_fraction, self.split_seed)
         check_no_leak(splits)
-        self.split_definition = split_definition(splits, self.split_seed, self.val_fraction)
+        self.split_definition = split_definition(splits, self.split_seed, self.val_fraction, self.cv_folds, self.cv_fold)
         splits = splits[splits["body_part"].isin(self.body_parts)]
         if not (splits["split"] == "train").any():
             raise MuraDataError(
@@ -269,9 +282,10 @@ class MuraDataModule(pl.LightningDataModule):
         frame = self.split_frame(split)  # without the images a skip has just left out
         cache = self.image_cache(split) if self.cache else None
         if self.augment_on_device:  # uint8 out, resized: the model augments and normalises on its device
-            transform = None if cache is not None else ResizeSquare(self.image_size)
+            transform = None if cache is not None else ResizeSquare(self.image_size, self.resize)
         else:
-            transform = build_transforms(self.recipe, self.image_size, self.channels, train=augment, resize=cache is None)
+            transform = build_transforms(self.recipe, self.image_size, self.channels, train=augment, resize=cache is None,
+                                         resize_mode=self.resize)
         return MuraImageDataset(frame, self.root, transform, on_bad_image=self.on_bad_image, cache=cache)
 
     def image_cache(self, split: str) -> ImageCache:
@@ -280,6 +294,7 @@ class MuraDataModule(pl.LightningDataModule):
         if split not in self._caches:
             self._caches[split] = open_or_build_cache(
                 self.root, self._all_paths_of(split), self.image_size, self.cache_dir, workers=max(1, self.num_workers),
+                resize_mode=self.resize,
             )
         return self._caches[split]
 
@@ -290,17 +305,25 @@ class MuraDataModule(pl.LightningDataModule):
         """Batches of one split; by default the train split is shuffled and augmented, the others are not."""
         is_train = split == "train"
         augment = is_train if train_transforms is None else train_transforms
+        shuffle = is_train if shuffle is None else shuffle
         dataset = self.dataset(split, augment)
-        sampler = SeededSampler(len(dataset), self.seed, shuffle=is_train if shuffle is None else shuffle, augment=augment)
+        training = is_train and shuffle  # not an evaluation of the train split (mura.evaluate eval.split=train)
+        batch_size = self.batch_size if training else self.eval_batch_size
+        # One batch shape per loader: a new shape makes cuDNN's autotuning start over (epoch 0 took 57 s against
+        # 2 s for later ones on an H100). Training drops its last partial batch (another order next epoch, so no
+        # image is left out for good); evaluation repeats a few images to fill its last one (counted once).
+        drop_last = training and len(dataset) > batch_size
+        sampler = SeededSampler(len(dataset), self.seed, shuffle=shuffle, augment=augment,
+                                pad_to_multiple=1 if training else batch_size)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if is_train else self.eval_batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=collate_samples,
-            drop_last=False,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:

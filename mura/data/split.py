@@ -117,11 +117,41 @@ def split_mismatch(recorded: dict, current: dict) -> str | None:
     return None
 
 
-def split_definition(splits: pd.DataFrame, split_seed: int, val_fraction: float) -> dict:
+def split_definition(splits: pd.DataFrame, split_seed: int, val_fraction: float, cv_folds: int | None = None,
+                     cv_fold: int | None = None) -> dict:
     """What decides the validation split, for checkpoints: a run's validation patients are a function of the
     release and these settings alone (drawn over every body part, before any is selected), so an evaluation can
     rebuild them and prove it did with the digest."""
     val_patients = sorted(splits.loc[splits["split"] == "val", "patient"].unique())
     digest = hashlib.sha256("\n".join(val_patients).encode()).hexdigest()[:16]
-    return {"split_seed": int(split_seed), "val_fraction": float(val_fraction), "val_patients": len(val_patients),
-            "val_patients_digest": digest}
+    return {"split_seed": int(split_seed), "val_fraction": float(val_fraction), "cv_folds": cv_folds, "cv_fold": cv_fold,
+            "val_patients": len(val_patients), "val_patients_digest": digest}
+
+
+def check_folds(cv_folds: int | None, cv_fold: int | None) -> tuple[int | None, int | None]:
+    """data.cv_folds and data.cv_fold: both unset, or K >= 2 folds and a fold index 0..K-1."""
+    if cv_folds is None and cv_fold is None:
+        return None, None
+    if cv_folds is None or cv_fold is None or cv_folds < 2 or not 0 <= cv_fold < cv_folds:
+        raise MuraDataError(f"data.cv_folds={cv_folds} data.cv_fold={cv_fold}: give both, K >= 2 folds and a fold 0..K-1 "
+                            "(a sweep: data.cv_fold=0,1,2,3,4 with data.cv_folds=5)")
+    return int(cv_folds), int(cv_fold)
+
+
+def assign_fold(table: pd.DataFrame, cv_folds: int, cv_fold: int, seed: int) -> pd.DataFrame:
+    """A copy of the index table whose `split` is train / val / test, validation being fold `cv_fold` of `cv_folds`
+    patient-grouped folds of the official train split: no patient in two folds (so no study split), each fold
+    stratified by body part and label as far as the patients allow (scikit-learn's StratifiedGroupKFold over the
+    images, grouped by patient), deterministic for `seed`."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    result = table.copy()
+    result["split"] = np.where(table["split"] == "valid", "test", "train")
+    train = result[result["split"] == "train"]
+    if train["patient"].nunique() < cv_folds:
+        raise MuraDataError(f"{train['patient'].nunique()} training patients cannot make {cv_folds} folds")
+    strata = train["body_part"] + "/" + train["label"].astype(str)
+    folds = StratifiedGroupKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
+    _, val_rows = list(folds.split(train, strata, groups=train["patient"]))[cv_fold]
+    result.loc[train.index[val_rows], "split"] = "val"
+    return result

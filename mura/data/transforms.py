@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RECIPES = ("paper", "seed")
+RESIZE_MODES = ("squash", "pad")
 INTERPOLATION = v2.InterpolationMode.BILINEAR  # of the random rotation and affine warps, as on the device path
 
 
@@ -48,28 +49,44 @@ def imagenet_normalize(channels: int) -> v2.Normalize:
     return v2.Normalize([mean] * channels, [std] * channels)
 
 
-def resize_square(image: torch.Tensor, image_size: int) -> torch.Tensor:
-    """The fixed first step of both recipes (the decode-once cache stores exactly its output)."""
-    return v2.functional.resize(image, [image_size, image_size], antialias=True)
+def resize_square(image: torch.Tensor, image_size: int, mode: str = "squash") -> torch.Tensor:
+    """The fixed first step of both recipes (the decode-once cache stores exactly its output): a square
+    image_size x image_size image. `squash` (the paper) stretches the radiograph to the square; `pad` keeps its
+    aspect ratio, scaling the longest side to image_size and padding the rest with black (humerus and forearm
+    radiographs are tall and narrow: squashed, their bones widen by up to 2x)."""
+    if mode == "squash":
+        return v2.functional.resize(image, [image_size, image_size], antialias=True)
+    if mode != "pad":
+        raise ValueError(f"data.resize must be one of {RESIZE_MODES}, not {mode!r}")
+    height, width = image.shape[-2:]
+    scale = image_size / max(height, width)
+    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = v2.functional.resize(image, [new_height, new_width], antialias=True)
+    left, top = (image_size - new_width) // 2, (image_size - new_height) // 2
+    return v2.functional.pad(resized, [left, top, image_size - new_width - left, image_size - new_height - top], fill=0)
 
 
 class ResizeSquare(nn.Module):
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, mode: str = "squash"):
         super().__init__()
         self.image_size = image_size
+        self.mode = mode
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return resize_square(image, self.image_size)
+        return resize_square(image, self.image_size, self.mode)
 
 
-def build_transforms(recipe: str, image_size: int, channels: int, train: bool, resize: bool = True) -> v2.Compose:
+def build_transforms(
+    recipe: str, image_size: int, channels: int, train: bool, resize: bool = True, resize_mode: str = "squash"
+) -> v2.Compose:
     """The pipeline for one recipe; `train=False` gives the deterministic evaluation pipeline.
 
-    `resize=False` leaves out the first step, for images that come already resized from the cache.
+    `resize=False` leaves out the first step, for images that come already resized from the cache;
+    `resize_mode` is that step's squash or pad (`resize_square`).
     """
     if recipe not in RECIPES:
         raise ValueError(f"data.recipe must be one of {RECIPES}, not {recipe!r}")
-    steps: list[nn.Module] = [ResizeSquare(image_size)] if resize else []
+    steps: list[nn.Module] = [ResizeSquare(image_size, resize_mode)] if resize else []
     if train:
         # Bilinear with zero fill, as the device path (mura.data.device_augment: grid_sample, bilinear, zero
         # padding): both paths must train on the same pixels (torchvision's default here would be NEAREST).

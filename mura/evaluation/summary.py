@@ -50,17 +50,18 @@ def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tupl
     rows, skipped, overrides = [], [], {}
     for run in runs:
         metrics_path = run / "metrics.json"
-        if not metrics_path.is_file():
-            skipped.append((str(run), "no metrics.json: still running, stopped, or trained with test=false"))
+        if not metrics_path.is_file() and not (run / "selection.json").is_file():
+            skipped.append((str(run), "neither metrics.json nor selection.json: still running, or stopped"))
             continue
-        try:
-            report = json.loads(metrics_path.read_text())
-            study = report["study"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            skipped.append((str(metrics_path), f"not a mura metrics file ({error!r})"))
-            continue
+        study = {}
+        if metrics_path.is_file():  # a training run without a test split (test=false, no valid images) has none
+            try:
+                study = json.loads(metrics_path.read_text())["study"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                skipped.append((str(metrics_path), f"not a mura metrics file ({error!r})"))
+                continue
         overrides[str(run)] = _overrides(run)
-        rows.append({"run": str(run), **_validation(run), **_test(study)})
+        rows.append({"run": str(run), "cv_fold": _fold(run), **_validation(run), **_test(study)})
     common = sorted(set.intersection(*(set(value) for value in overrides.values()))) if overrides else []
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -84,6 +85,27 @@ def sort_by_selection(table: pd.DataFrame) -> pd.DataFrame:
                              kind="stable").reset_index(drop=True)
 
 
+def _fold(run: Path) -> int | None:
+    """The cross-validation fold the run validated on (data.cv_fold of its config), or None."""
+    path = run / ".hydra" / "config.yaml"
+    return OmegaConf.select(OmegaConf.load(path), "data.cv_fold", default=None) if path.is_file() else None
+
+
+def cross_validation_table(table: pd.DataFrame) -> pd.DataFrame:
+    """For cross-validated runs: a row per setting (the settings but the fold), with the number of folds and the
+    mean and standard deviation over folds of the selected epoch's validation study kappa and AUROC. Sorted by
+    the mean validation study kappa (validation, never test)."""
+    folds = table[table["cv_fold"].notna()] if "cv_fold" in table else table.iloc[0:0]
+    if folds.empty:
+        return pd.DataFrame()
+    setting = folds["settings"].str.replace(r"(^| )data\.cv_fold=\S+", "", regex=True).str.strip()
+    grouped = folds.assign(setting=setting).groupby("setting", sort=False)
+    result = grouped.agg(folds=("cv_fold", "count"), val_kappa_mean=("val_study_kappa", "mean"),
+                         val_kappa_sd=("val_study_kappa", "std"), val_auroc_mean=("val_study_auroc", "mean"),
+                         val_auroc_sd=("val_study_auroc", "std"), epochs=("epochs", "mean")).reset_index()
+    return result.sort_values("val_kappa_mean", ascending=False, kind="stable").reset_index(drop=True)
+
+
 def _overrides(run: Path) -> list[str]:
     path = run / ".hydra" / "overrides.yaml"
     return [str(item) for item in OmegaConf.load(path) or []] if path.is_file() else []
@@ -95,7 +117,7 @@ def _validation(run: Path) -> dict:
     history_path, selection_path = run / "history.json", run / "selection.json"
     history = json.loads(history_path.read_text()) if history_path.is_file() else []
     row = {"epochs": len(history) or None, "selection": None, "best_epoch": None, "selection_score": None,
-           "val_loss": None, "val_study_kappa": None}
+           "val_loss": None, "val_study_kappa": None, "val_study_auroc": None}
     scored = [entry for entry in history if entry.get("val/loss") is not None]
     if selection_path.is_file():
         selection = json.loads(selection_path.read_text())
@@ -107,11 +129,11 @@ def _validation(run: Path) -> dict:
     epoch_row = next((entry for entry in history if entry.get("epoch") == selection["epoch"]), {})
     return {**row, "selection": f"{selection['metric']} {selection['mode']}", "best_epoch": selection["epoch"],
             "selection_score": selection["score"], "val_loss": epoch_row.get("val/loss"),
-            "val_study_kappa": epoch_row.get("val/study/kappa")}
+            "val_study_kappa": epoch_row.get("val/study/kappa"), "val_study_auroc": epoch_row.get("val/study/auroc")}
 
 
 def _test(study: dict) -> dict:
-    overall = study["overall"]
+    overall = study.get("overall", {})
     # An earlier version's kappa_ci95 was the standard-error interval (it wrote no kappa_ci95_se): not shown beside
     # bootstrap intervals, in a column that would then hold two kinds of interval.
     low, high = (overall.get("kappa_ci95") or (None, None)) if "kappa_ci95_se" in overall else (None, None)
@@ -146,6 +168,19 @@ def summary_markdown(table: pd.DataFrame, common: list[str], skipped: list[tuple
         for column in [name for name in table.columns if name.startswith("kappa_XR_")]:
             shown[column.removeprefix("kappa_")] = table[column].map(_number)
         lines += ["", shown.to_markdown(index=False)]
+    cross_validation = cross_validation_table(table) if not table.empty else pd.DataFrame()
+    if not cross_validation.empty:
+        lines += ["", "Cross-validation: each setting's folds (validation study kappa and AUROC at each fold's selected "
+                  "epoch, mean +- sd over folds; sorted by the mean kappa, never by test):", "",
+                  pd.DataFrame({
+                      "setting": cross_validation["setting"].replace("", "(shared settings)"),
+                      "folds": cross_validation["folds"],
+                      "val study kappa": [f"{_number(m)} +- {_number(sd)}" for m, sd in
+                                          zip(cross_validation["val_kappa_mean"], cross_validation["val_kappa_sd"], strict=True)],
+                      "val study AUROC": [f"{_number(m)} +- {_number(sd)}" for m, sd in
+                                          zip(cross_validation["val_auroc_mean"], cross_validation["val_auroc_sd"], strict=True)],
+                      "epochs": cross_validation["epochs"].map(_count),
+                  }).to_markdown(index=False)]
     for run, reason in skipped:
         lines.append(f"\nnot summarised: {run}: {reason}")
     return "\n".join(lines) + "\n"

@@ -37,10 +37,23 @@ def _gradients_on(network: nn.Module):
         network.train(was_training)
 
 
+@contextlib.contextmanager
+def _no_autotuning():
+    """cuDNN's autotuning off for the block, every other cuDNN setting as it was."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 def gradcam_maps(network: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps (N x H x W in [0, 1]) of the abnormal logit, and the abnormal probabilities (N)."""
     device = next(network.parameters()).device
-    with _gradients_on(network):
+    # No cuDNN autotuning: each gallery study is a new batch shape (1-5 views, fp32, with weight gradients), and
+    # autotuning every one of them made the first gallery of a run take 57 s on an H100.
+    with _gradients_on(network), _no_autotuning():
         # A fresh tensor: inference-mode tensors cannot take part in autograd.
         batch = images.detach().clone().to(device).requires_grad_(False)
         with GradCAM(model=network, target_layers=[gradcam_layer(network)]) as cam:

@@ -15,7 +15,6 @@ import torch
 
 from mura.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_grayscale
 from mura.data.index import BODY_PARTS
-from mura.data.transforms import build_transforms
 from mura.inference.explain import save_figure, study_heatmap_figure
 from mura.models.classifier import MuraClassifier
 
@@ -80,7 +79,7 @@ def predict_study(
     if not files:
         result.error = "no files to read"
         return result
-    transform = build_transforms(hparams.recipe, hparams.image_size, hparams.in_channels, train=False)
+    transform = model.eval_transform()
     good, pixels = [], []
     for file in files:
         try:

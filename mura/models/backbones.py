@@ -1,4 +1,5 @@
-"""Backbones, each ending in one logit: torchvision DenseNets (any input size) and the seed's Keras CNN."""
+"""Backbones, each ending in one logit: torchvision DenseNets (any input size), any timm model (`timm/<name>`),
+and the seed's Keras CNN."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torchvision import models
 from mura.app.errors import ConfigError
 
 BACKBONES = ("densenet169", "densenet121", "densenet_small", "seed_cnn")
+TIMM_PREFIX = "timm/"  # model.backbone=timm/efficientnet_b3: any model of timm's zoo
 _TORCHVISION_DENSENETS = {
     "densenet169": (models.densenet169, models.DenseNet169_Weights.IMAGENET1K_V1),
     "densenet121": (models.densenet121, models.DenseNet121_Weights.IMAGENET1K_V1),
@@ -42,7 +44,7 @@ class SeedCNN(nn.Module):
         return self.classifier(self.features(images))
 
 
-def _load_weights_file(model: nn.Module, weights_path: str | Path) -> None:
+def _read_state_dict(weights_path: str | Path) -> dict:
     path = Path(weights_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.weights_path {str(path)!r} does not exist")
@@ -50,15 +52,23 @@ def _load_weights_file(model: nn.Module, weights_path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds; all mean "not a state dict we can read"
         raise ConfigError(f"model.weights_path {path}: not a readable PyTorch state dict ({error})") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {(_LEGACY_DENSENET_KEY.sub(r"\1\2", key)): value for key, value in state.items()}
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _load_strictly(model: nn.Module, state: dict, weights_path: str | Path) -> None:
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise ConfigError(
-            f"model.weights_path {path} does not fit {type(model).__name__}: "
+            f"model.weights_path {weights_path} does not fit {type(model).__name__}: "
             f"{len(missing)} missing key(s) {sorted(missing)[:5]}, {len(unexpected)} unexpected key(s) {sorted(unexpected)[:5]}"
         )
     model.load_state_dict(state, strict=True)
+
+
+def _load_weights_file(model: nn.Module, weights_path: str | Path) -> None:
+    state = _read_state_dict(weights_path)
+    state = {(_LEGACY_DENSENET_KEY.sub(r"\1\2", key)): value for key, value in state.items()}
+    _load_strictly(model, state, weights_path)
 
 
 def _adapt_first_conv(model: models.DenseNet, in_channels: int) -> None:
@@ -80,8 +90,10 @@ def build_backbone(
     weights_path: str | None = None,
 ) -> nn.Module:
     """A network mapping N x in_channels x H x W images to N x 1 logits."""
+    if name.startswith(TIMM_PREFIX):
+        return build_timm(name.removeprefix(TIMM_PREFIX), in_channels, pretrained, weights_path)
     if name not in BACKBONES:
-        raise ConfigError(f"model.backbone must be one of {BACKBONES}, not {name!r}")
+        raise ConfigError(f"model.backbone must be one of {BACKBONES} or timm/<name> (any model of timm), not {name!r}")
     if name == "seed_cnn" or name == "densenet_small":
         if pretrained or weights_path:
             raise ConfigError(f"{name} is trained from scratch: there are no pretrained weights for it")
@@ -111,8 +123,50 @@ def build_backbone(
     return model
 
 
+def build_timm(name: str, in_channels: int, pretrained: bool, weights_path: str | None) -> nn.Module:
+    """A timm model with one output for `in_channels` inputs (timm adapts the first convolution of pretrained
+    weights itself). Pretrained weights: timm's own loading (online, or already in its cache); offline, a state dict
+    of the ImageNet model from `weights_path`, loaded strictly, then given the one-logit head and input channels."""
+    import timm  # imported here: only timm backbones pay for its import
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ConfigError(f"timm has no model {name!r} (model.backbone=timm/{name}); similar: {', '.join(close) or 'none'}")
+    if pretrained and weights_path:
+        raise ConfigError("set model.pretrained=true or model.weights_path=FILE, not both")
+    if pretrained:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=1, in_chans=in_channels)
+        except Exception as error:  # noqa: BLE001 - hub, network and file errors all mean "no weights here"
+            raise ConfigError(
+                f"could not load timm's pretrained weights for {name} ({type(error).__name__}: {error}). Offline, save "
+                f"the ImageNet model's state dict elsewhere and pass model.weights_path=FILE, or model.pretrained=false"
+            ) from None
+    if weights_path is None:
+        return timm.create_model(name, pretrained=False, num_classes=1, in_chans=in_channels)
+    model = timm.create_model(name, pretrained=False)  # the file's own shape: ImageNet head, three channels
+    _load_strictly(model, _read_state_dict(weights_path), weights_path)
+    model.reset_classifier(1)
+    if in_channels != 3:
+        from timm.models import adapt_input_conv
+
+        first = model.get_submodule(model.pretrained_cfg["first_conv"])
+        adapted = nn.Conv2d(in_channels, first.out_channels, first.kernel_size, first.stride, first.padding,
+                            first.dilation, first.groups, first.bias is not None)
+        with torch.no_grad():
+            adapted.weight.copy_(adapt_input_conv(in_channels, first.weight))
+            if first.bias is not None:
+                adapted.bias.copy_(first.bias)
+        model.set_submodule(model.pretrained_cfg["first_conv"], adapted)
+    return model
+
+
 def gradcam_layer(model: nn.Module) -> nn.Module:
-    """The last feature map Grad-CAM should explain."""
+    """The last feature map Grad-CAM should explain: for a timm model, the last stage its own feature information
+    names; for ours, chosen by hand."""
+    feature_info = getattr(model, "feature_info", None)
+    if feature_info:
+        return model.get_submodule(feature_info[-1]["module"])
     if isinstance(model, SeedCNN):
         return [layer for layer in model.features if isinstance(layer, nn.ReLU)][-1]
     if isinstance(model, models.DenseNet):

@@ -9,10 +9,13 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import EMAWeightAveraging
+from pytorch_lightning.trainer.states import TrainerFn
 
 from mura import __version__
 from mura.data.device_augment import DeviceAugmentation
 from mura.data.index import BODY_PARTS
+from mura.data.transforms import build_transforms
 from mura.evaluation.metrics import BOOTSTRAP_REPLICATES, flatten_for_logging, format_metric, metrics_report
 from mura.evaluation.store import PredictionStore, predictions_frame
 from mura.models.backbones import build_backbone
@@ -30,8 +33,15 @@ class NonFiniteLossError(FloatingPointError):
 class MuraClassifier(pl.LightningModule):
     """Args are plain values (saved in checkpoints) plus optimizer and scheduler factories (not saved).
 
-    `image_size`, `in_channels` and `recipe` describe the input the network expects, so `mura.evaluate` and
-    `mura.predict` rebuild the right preprocessing from a checkpoint alone.
+    `image_size`, `in_channels`, `recipe` and `resize` describe the input the network expects, so `mura.evaluate`,
+    `mura.predict` and the Grad-CAM gallery rebuild the right preprocessing from a checkpoint alone
+    (`eval_transform`).
+
+    `ema`: {"decay": 0.999, "start_step": 0} keeps an exponential moving average of the weights (Lightning's
+    `EMAWeightAveraging`, BatchNorm statistics averaged too); the averaged weights are the ones validated,
+    checkpointed, tested and explained. None: off.
+    `scheduler_interval`: "epoch", or "step" for schedulers stepped every optimizer step; a step scheduler's factory
+    also receives `total_steps` and `steps_per_epoch` (mura.models.schedules).
     """
 
     def __init__(
@@ -40,6 +50,7 @@ class MuraClassifier(pl.LightningModule):
         in_channels: int = 3,
         image_size: int = 320,
         recipe: str = "paper",
+        resize: str = "squash",
         pretrained: bool = False,
         weights_path: str | None = None,
         loss_weighted: bool = True,
@@ -48,6 +59,8 @@ class MuraClassifier(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         scheduler_monitor: str = "val/loss",
+        scheduler_interval: str = "epoch",
+        ema: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -197,15 +210,36 @@ class MuraClassifier(pl.LightningModule):
 
     # -- optimisation and checkpoints ----------------------------------------------------------------------
 
+    def eval_transform(self):
+        """The deterministic preprocessing this network expects, from raw uint8 1 x H x W images."""
+        hparams = self.hparams
+        return build_transforms(hparams.recipe, hparams.image_size, hparams.in_channels, train=False, resize_mode=hparams.resize)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The model's own training callbacks: weight averaging when `ema` asks for it."""
+        ema = self.hparams.ema
+        # Fitting only: testing or validating a checkpoint reads the averaged weights it already holds.
+        if not ema or ema.get("decay") is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return []
+        return [EMAWeightAveraging(decay=float(ema["decay"]), update_starting_at_step=int(ema.get("start_step") or 0))]
+
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-4))
         optimizer = factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        interval = self.hparams.scheduler_interval
+        if interval == "step":
+            total_steps = int(self.trainer.estimated_stepping_batches)
+            length = {"total_steps": total_steps, "steps_per_epoch": max(1, total_steps // max(1, self.trainer.max_epochs))}
+            scheduler = self.scheduler_factory(optimizer=optimizer, **length)
+        elif interval == "epoch":
+            scheduler = self.scheduler_factory(optimizer=optimizer)
+        else:
+            raise ValueError(f"model.scheduler_interval must be epoch or step, not {interval!r}")
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"},
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": interval},
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
