@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev,sweep]'
+	$(BIN)/pip install -e '.[dev,sweep,tracking,export]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 # Two worker processes, one thread each (tests/conftest.py): the suite in about 3 minutes on 2 cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check mura tests notebooks

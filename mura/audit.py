@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mura.app.errors import exit_on_user_error
+from mura.app.run_start import start_run
 from mura.data.audit import audit_markdown, audit_release
 from mura.data.index import check_root, refuse_writes_inside
 from mura.data.synthetic import choose_data_root, ensure_synthetic
@@ -36,6 +37,7 @@ def run_audit(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="audit")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    start_run(cfg)
     audit = run_audit(cfg)
     print(audit_markdown(audit, max_examples=3))
 

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mura.app.errors import exit_on_user_error
+from mura.app.run_start import start_run
 from mura.benchmarking import measurements
 from mura.data.index import refuse_writes_inside
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic
@@ -128,6 +129,7 @@ def bench_table(result: dict) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    start_run(cfg)
     result = run_bench(cfg)
     print(bench_table(result))
     print(f"\nwritten to {Path(cfg.paths.output_dir) / 'bench.json'}")

@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import hydra
+import pandas as pd
 from omegaconf import DictConfig
 
 from mura.app.errors import exit_on_user_error
+from mura.app.run_start import start_run
+from mura.evaluation.report import submission_study_path, write_official_predictions
 from mura.inference.predictor import pick_device
 from mura.inference.study_files import find_studies, predict_study
 from mura.models.checkpoint import load_classifier
@@ -32,11 +35,18 @@ def predict(cfg: DictConfig) -> list[dict]:
             text = json.dumps(line)
             sink.write(text + "\n")
             if not print_line(text):
-                log.info("stdout was closed after %d study(ies) (`| head`, say); stopping. %s holds them", len(results),
-                         output_dir / "predictions.jsonl")
-                return results
+                log.info("stdout was closed after %d study(ies) (`| head`, say); stopping", len(results))
+                break
+    decided = [line for line in results if line.get("abnormal") is not None]  # a study with an error has no decision
+    write_official_predictions(
+        output_dir / "predictions_official.csv",
+        pd.DataFrame({"study": [submission_study_path(line["study"], cfg.input) for line in decided],
+                      "prediction": [int(line["abnormal"]) for line in decided]}),
+        root_name=None,
+    )
     problems = sum("error" in line or "skipped" in line for line in results)
-    log.info("%d study(ies) predicted, %d with problems; written to %s", len(results), problems, output_dir / "predictions.jsonl")
+    log.info("%d study(ies) predicted, %d with problems; written to %s (and predictions_official.csv, Stanford's "
+             "submission format)", len(results), problems, output_dir / "predictions.jsonl")
     return results
 
 
@@ -55,6 +65,7 @@ def print_line(text: str) -> bool:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    start_run(cfg)
     predict(cfg)
 
 

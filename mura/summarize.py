@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 
 from mura.app.errors import exit_on_user_error
 from mura.app.paths import expand_paths
-from mura.evaluation.summary import find_runs, summarize_runs, summary_markdown
+from mura.app.run_start import start_run
+from mura.evaluation.summary import cross_validation_table, find_runs, summarize_runs, summary_markdown
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,9 @@ def summarize(cfg: DictConfig) -> str:
     markdown = summary_markdown(table, common, skipped)
     (output_dir / "summary.md").write_text(markdown)
     table.to_csv(output_dir / "summary.csv", index=False)
+    cross_validation = cross_validation_table(table) if not table.empty else None
+    if cross_validation is not None and not cross_validation.empty:
+        cross_validation.to_csv(output_dir / "summary_cv.csv", index=False)
     if skipped:
         log.warning("%d folder(s) not summarised (listed in summary.md)", len(skipped))
     print(markdown + f"\nwritten to {output_dir}")
@@ -35,6 +39,7 @@ def summarize(cfg: DictConfig) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="summarize")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    start_run(cfg)
     summarize(cfg)
 
 

@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mura.app.errors import ConfigError, exit_on_user_error
+from mura.app.run_start import start_run
 from mura.data.synthetic import choose_data_root, ensure_synthetic, generate
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def synthesize(cfg: DictConfig) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="synth")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    start_run(cfg)
     print(synthesize(cfg))
 
 

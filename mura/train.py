@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mura.app.errors import ConfigError, exit_on_user_error
+from mura.app.run_start import start_run
+from mura.callbacks.artifacts import finish_tracking, log_config
 from mura.callbacks.gradcam import GradCamGallery
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
 from mura.data.index import BODY_PARTS, refuse_writes_inside
@@ -54,6 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     refuse_lightning_sharding(trainer.world_size, cfg.trainer.get("use_distributed_sampler", True))
     ckpt_path = cfg.get("ckpt_path")
     refuse_to_overwrite(output_dir / "checkpoints", ckpt_path)
+    log_config(trainer.loggers, cfg)  # after the refusals: a run refused at the start leaves no tracker run behind
     try:
         with warnings.catch_warnings():
             # With an on-exception checkpoint configured, Lightning reads fit(ckpt_path=None) as "resume from the
@@ -74,18 +77,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.warning("no test split: %s lists no valid images for %s; skipping the test", datamodule.root, datamodule.body_parts)
     if tested:
         trainer.test(model, datamodule=datamodule, ckpt_path=selected["checkpoint"], verbose=False, weights_only=True)
-        if trainer.is_global_zero:
-            write_test_outputs(model, datamodule, output_dir, selected["description"])
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")})
     elif selected["checkpoint"]:
         model.load_state_dict(read_checkpoint(selected["checkpoint"])["state_dict"])  # what a test would have scored
+    # Before the test outputs: report.html embeds the final gallery.
     draw_final_galleries(trainer, model, selected)
+    if tested and trainer.is_global_zero:
+        write_test_outputs(model, datamodule, output_dir, selected["description"])
     if trainer.is_global_zero:
         record = {key: value for key, value in selected.items() if key != "description"}
         record["score"] = None if math.isnan(record["score"]) else record["score"]  # JSON has no NaN
         (output_dir / "selection.json").write_text(json.dumps(
             {"metric": cfg.selection.metric, "mode": cfg.selection.mode, **record}, indent=2))
     report_skipped(sorted(set(model.all_skipped_images()) | set(datamodule.skipped)), output_dir, trainer.is_global_zero)
+    finish_tracking(trainer.loggers, output_dir, trainer.global_step)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Lightning leaves the process group up; tearing it down here keeps gloo's threads from aborting at exit.
         torch.distributed.barrier()
@@ -178,6 +183,7 @@ def write_test_outputs(model, datamodule, output_dir: Path, tested: str) -> None
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
+    start_run(cfg)
     return sweep_value(train(cfg)["selection/score"], cfg.selection.metric)
 
 

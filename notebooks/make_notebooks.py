@@ -124,7 +124,6 @@ import pandas as pd
 import torch
 
 from mura.data.images import load_grayscale
-from mura.data.transforms import build_transforms
 from mura.inference.explain import study_heatmap_figure
 from mura.models.checkpoint import load_classifier
 ''' + NEWEST_RUN + '''
@@ -132,8 +131,7 @@ run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_ru
 root = Path(os.environ.get("MURA_ROOT", "../data/synthetic/MURA-v1.1"))
 model = load_classifier(run_dir / "checkpoints" / "best.ckpt")
 splits = pd.read_csv(run_dir / "splits.csv")
-hp = model.hparams
-transform = build_transforms(hp.recipe, hp.image_size, hp.in_channels, train=False)'''),
+transform = model.eval_transform()  # the preprocessing the checkpoint's network expects'''),
         new_code_cell(FIGURE + '''val = splits[splits["split"] == "val"]
 studies = [val[val["label"] == label]["study"].iloc[0] for label in (0, 1) if (val["label"] == label).any()]
 for study in studies:

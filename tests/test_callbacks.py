@@ -3,11 +3,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from mura.callbacks.curves import draw_curves, overfitting_onset
+from mura.callbacks.gradcam import choose_gallery_studies
+from mura.data.index import BODY_PARTS
 from mura.inference.explain import gradcam_maps
 from mura.models.backbones import build_backbone
 
@@ -41,3 +44,45 @@ def test_gradcam_works_inside_inference_mode_and_restores_the_mode(train_mode: b
     assert maps.shape == (3, 64, 64) and np.all((maps >= 0) & (maps <= 1))
     assert probabilities.shape == (3,) and np.all((probabilities > 0) & (probabilities < 1))
     assert maps.reshape(3, -1).std(axis=1).min() > 0  # a real map, not a constant
+
+
+def validation_images(studies_per_label: dict[str, tuple[int, int]]) -> pd.DataFrame:
+    """Image rows of a validation split: per body part, (normal, abnormal) studies of two views each."""
+    rows = []
+    for part, counts in studies_per_label.items():
+        for label, count in enumerate(counts):
+            for number in range(count):
+                study = f"MURA-v1.1/train/{part}/patient{label}{number:04d}/study1_{('negative', 'positive')[label]}/"
+                rows += [{"path": f"{study}image{view}.png", "study": study, "view": view, "body_part": part,
+                          "patient": f"patient{label}{number:04d}", "label": label} for view in (2, 1)]
+    return pd.DataFrame(rows)
+
+
+def studies_of(gallery: list[pd.DataFrame]) -> list[tuple[str, int, str]]:
+    return [(study["body_part"].iloc[0], int(study["label"].iloc[0]), study["study"].iloc[0]) for study in gallery]
+
+
+def test_gallery_shows_a_normal_and_an_abnormal_study_of_every_body_part():
+    val = validation_images({part: (3, 2) for part in BODY_PARTS} | {"XR_HUMERUS": (2, 0)})
+    gallery = choose_gallery_studies(val)
+    chosen = studies_of(gallery)
+    assert sorted((part, label) for part, label, _ in chosen) == sorted(
+        [(part, 0) for part in BODY_PARTS] + [(part, 1) for part in BODY_PARTS if part != "XR_HUMERUS"])
+    assert [label for _, label, _ in chosen] == sorted(label for _, label, _ in chosen)  # normal ones first
+    assert all(study["view"].tolist() == [1, 2] for study in gallery)  # every view of the study, in order
+    # The same studies whatever the order of the rows: the first of each part and class by study path.
+    assert studies_of(choose_gallery_studies(val.sample(frac=1, random_state=0))) == chosen
+    assert all(study == min(val.loc[(val["body_part"] == part) & (val["label"] == label), "study"])
+               for part, label, study in chosen)
+
+
+def test_gallery_takes_more_studies_per_part_and_caps_each_class_over_the_parts():
+    val = validation_images({part: (3, 2) for part in BODY_PARTS})
+    two_each = studies_of(choose_gallery_studies(val, studies_per_part=2))
+    assert pd.Series([(part, label) for part, label, _ in two_each]).value_counts().eq(2).all()
+    assert len(two_each) == 2 * 2 * len(BODY_PARTS)
+    # A cap below the number of parts takes every part's first study, in body-part order, before any second.
+    capped = studies_of(choose_gallery_studies(val, studies_per_part=2, studies_per_class=9))
+    for label in (0, 1):
+        parts = [part for part, chosen_label, _ in capped if chosen_label == label]
+        assert parts == sorted(BODY_PARTS) + sorted(BODY_PARTS)[:2]

@@ -232,6 +232,10 @@ def test_predict_reports_each_study_and_goes_on(trained_run, synthetic_root: Pat
     assert lines["empty"]["error"] == "no files to read"
     written = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
     assert len(written) == 3
+    # Stanford's submission format: only the decided study, no header; a MURA-shaped folder (BODY_PART/patientN/studyK)
+    # spelled from its release folder on, as the official CSVs do.
+    official = (tmp_path / "out" / "predictions_official.csv").read_text()
+    assert official == f"{tmp_path.name}/inputs/XR_WRIST/patient1/study1/,{int(study['abnormal'])}\n"
 
 
 def test_predict_command_into_a_closed_pipe(trained_run, synthetic_root: Path, tmp_path: Path):

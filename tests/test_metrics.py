@@ -6,11 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import cohen_kappa_score, roc_auc_score
+from sklearn.metrics import brier_score_loss, cohen_kappa_score, roc_auc_score
+from torchmetrics.classification import BinaryCalibrationError
 
 from mura.data.index import BODY_PARTS
 from mura.evaluation.metrics import (
     BOOTSTRAP_REPLICATES,
+    CALIBRATION_BINS,
+    LOGGED_METRICS,
     aggregate_studies,
     binary_metrics,
     flatten_for_logging,
@@ -18,13 +21,14 @@ from mura.evaluation.metrics import (
     metrics_report,
     patient_bootstrap_intervals,
     patient_bootstrap_weights,
+    reliability_bins,
     weighted_auroc,
     weighted_kappa,
 )
 from mura.evaluation.store import PredictionStore, predictions_frame
 
 M_KEYS = {"n", "kappa", "kappa_ci95", "kappa_ci95_se", "auroc", "auroc_ci95", "accuracy", "sensitivity",
-          "specificity", "bootstrap_replicates"}
+          "specificity", "bootstrap_replicates", "ece", "ece_bins", "brier"}
 
 
 def random_images(n_studies: int = 40, seed: int = 0, n_patients: int | None = None) -> pd.DataFrame:
@@ -221,3 +225,60 @@ def test_undefined_metrics_are_none():
     assert metrics["auroc"] is None and metrics["specificity"] is None and metrics["kappa"] is None
     assert metrics["kappa_ci95"] is None and metrics["auroc_ci95"] is None  # every replicate undefined: dropped
     assert metrics["accuracy"] == 1.0
+
+
+def test_calibration_is_torchmetrics_ece_over_15_equal_width_bins_and_the_brier_score():
+    images = random_images(80, seed=4)
+    report = metrics_report(images, bootstrap=0)
+    studies = aggregate_studies(images)
+    for level, table in (("study", studies), ("image", images)):
+        for name, frame in [("overall", table), *table.groupby("body_part")]:
+            metrics = report[level][name]
+            probabilities = torch.tensor(frame["probability"].to_numpy())
+            ece = BinaryCalibrationError(n_bins=15, norm="l1")(probabilities, torch.tensor(frame["label"].to_numpy()))
+            assert metrics["ece"] == pytest.approx(float(ece), abs=1e-12)
+            assert metrics["brier"] == pytest.approx(brier_score_loss(frame["label"], frame["probability"]), abs=1e-12)
+            assert metrics["ece_bins"] == CALIBRATION_BINS == 15
+    # By hand: 0.25 x2 (both normal), 0.55 (abnormal), 0.75 x2 (both abnormal) fall in three different bins.
+    labels, probabilities = np.array([0, 0, 1, 1, 1]), np.array([0.25, 0.25, 0.55, 0.75, 0.75])
+    metrics = binary_metrics(labels, probabilities)
+    assert metrics["ece"] == pytest.approx(2 / 5 * 0.25 + 1 / 5 * 0.45 + 2 / 5 * 0.25)
+    assert metrics["brier"] == pytest.approx((2 * 0.25**2 + 0.45**2 + 2 * 0.25**2) / 5)
+
+
+def test_a_calibrated_model_has_no_calibration_error_but_a_brier_score():
+    # Always 0.3, and 30% of the studies abnormal: honest probabilities, however useless for ranking.
+    labels, probabilities = np.r_[np.ones(30), np.zeros(70)].astype(int), np.full(100, 0.3)
+    metrics = binary_metrics(labels, probabilities)
+    assert metrics["ece"] == pytest.approx(0.0, abs=1e-12) and metrics["brier"] == pytest.approx(0.21)
+    overconfident = binary_metrics(labels, np.where(labels == 1, 0.99, 0.01)[::-1].copy())  # confident and wrong
+    assert overconfident["ece"] > 0.5 and overconfident["brier"] > 0.5
+    one_class = binary_metrics(np.ones(4, dtype=int), np.array([0.9, 0.8, 0.6, 0.7]))
+    assert one_class["auroc"] is None and one_class["ece"] == pytest.approx(0.25) and one_class["brier"] is not None
+    empty = binary_metrics(np.array([], dtype=int), np.array([]))
+    assert empty["ece"] is None and empty["brier"] is None and empty["ece_bins"] == 15
+
+
+def test_reliability_bins_are_the_ece_bins():
+    rng = np.random.default_rng(3)
+    labels = (rng.random(500) < 0.4).astype(int)
+    probabilities = np.clip(rng.normal(0.3 + 0.4 * labels, 0.2), 0.001, 0.999)
+    bins = reliability_bins(labels, probabilities)
+    assert len(bins) == 15 and bins["count"].sum() == 500
+    assert np.allclose(bins["high"] - bins["low"], 1 / 15)  # equal widths over [0, 1]
+    assert bins["low"].iloc[0] == 0.0 and bins["high"].iloc[-1] == 1.0
+    filled = bins[bins["count"] > 0]
+    ece = (filled["count"] * (filled["fraction_abnormal"] - filled["mean_probability"]).abs()).sum() / 500
+    assert ece == pytest.approx(binary_metrics(labels, probabilities)["ece"], abs=1e-12)
+    assert ((filled["mean_probability"] >= filled["low"]) & (filled["mean_probability"] < filled["high"])).all()
+    edges = reliability_bins(np.array([0, 1, 1]), np.array([0.0, 2 / 15, 1.0]))  # a left edge opens its bin; 1.0: the last
+    assert list(edges["count"].iloc[[0, 2, 14]]) == [1, 1, 1] and edges["count"].sum() == 3
+
+
+def test_calibration_is_logged_every_epoch():
+    assert {"ece", "brier"} <= set(LOGGED_METRICS)
+    report = metrics_report(random_images(40), bootstrap=0)
+    flat = flatten_for_logging(report, "val")
+    assert flat["val/study/brier"] == report["study"]["overall"]["brier"]
+    assert flat["val/image/XR_ELBOW/ece"] == report["image"]["XR_ELBOW"]["ece"]
+    assert not any(key.endswith("ece_bins") for key in flat)

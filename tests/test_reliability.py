@@ -50,21 +50,21 @@ def final_numbers(run_dir: Path) -> dict[str, float]:
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    run_train(cli_overrides(synthetic_root, straight), tmp_path)
-    # 4 training batches per epoch: step 9 is in the middle of the third epoch.
-    killed = run_train([*cli_overrides(synthetic_root, crashed), "+callbacks.killer._target_=crash_callbacks.KillAtStep",
-                        "+callbacks.killer.step=9"], tmp_path, check=False)
+    run_train(cli_overrides(synthetic_root, straight, epochs=2), tmp_path)
+    # 3 or 4 training batches per epoch: step 5 is in the middle of the second epoch.
+    killed = run_train([*cli_overrides(synthetic_root, crashed, epochs=2), "+callbacks.killer._target_=crash_callbacks.KillAtStep",
+                        "+callbacks.killer.step=5"], tmp_path, check=False)
     assert killed.returncode == -signal.SIGKILL
     assert not (crashed / "metrics.json").exists()
     last = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["epoch"] == 1  # the end of the second epoch survived the kill
-    run_train([*cli_overrides(synthetic_root, crashed), "ckpt_path=last"], tmp_path)
+    assert last["epoch"] == 0  # the end of the first epoch survived the kill
+    run_train([*cli_overrides(synthetic_root, crashed, epochs=2), "ckpt_path=last"], tmp_path)
     expected, resumed = final_numbers(straight), final_numbers(crashed)
     assert expected.keys() == resumed.keys()
     for key, value in expected.items():
         assert resumed[key] == pytest.approx(value, abs=1e-6), key
     history = json.loads((crashed / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert [row["epoch"] for row in history] == [0, 1]
 
 
 def test_sigterm_saves_a_checkpoint_before_exiting(synthetic_root: Path, tmp_path: Path):
@@ -119,7 +119,7 @@ def test_nan_loss_stops_with_step_and_batch(synthetic_root: Path, tmp_path: Path
 def test_same_seed_same_metrics_other_seed_other_metrics(synthetic_root: Path, tmp_path: Path):
     def run(seed: int, name: str) -> dict:
         overrides = [*tiny_training_overrides(synthetic_root, tmp_path / name), f"seed={seed}", "trainer.max_epochs=1",
-                     "callbacks.gradcam.every_n_epochs=0", "trainer.deterministic=true"]
+                     "callbacks.gradcam.every_n_epochs=0", "trainer.deterministic=true", "data.image_size=32"]
         return train(compose_config(overrides))
 
     first, again, other = run(7, "a"), run(7, "b"), run(8, "c")
@@ -193,10 +193,12 @@ def test_skipped_images_are_counted_and_listed_at_the_end(writable_root: Path, t
     assert (tmp_path / "skipped_images.txt").read_text().splitlines() == victims
 
 
-def test_an_override_with_a_typo_is_refused_by_hydra(tmp_path: Path):
-    result = run_train(["data.bach_size=4", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, check=False)
-    assert result.returncode == 1
-    assert "Could not override 'data.bach_size'" in result.stderr
+def test_an_override_with_a_typo_is_refused_by_hydra():
+    """The configs are structured: a misspelt key is an error (Hydra's), not a new setting nobody reads."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="Could not override 'data.bach_size'"):
+        compose_config(["data.bach_size=4"])
 
 
 def test_nan_in_the_last_step_of_an_epoch_never_reaches_last_ckpt(synthetic_root: Path, tmp_path: Path, monkeypatch):

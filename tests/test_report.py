@@ -1,20 +1,30 @@
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from sklearn.metrics import cohen_kappa_score
 
-from mura.evaluation.metrics import metrics_report
+from mura.data.index import build_index
+from mura.evaluation.metrics import aggregate_studies, metrics_report, reliability_bins
 from mura.evaluation.report import (
+    calibration_table,
     comparison_table,
     metrics_table,
+    official_study_path,
+    plot_calibration,
     plot_confusion,
     plot_roc,
     report_markdown,
+    submission_study_path,
+    write_official_predictions,
     write_run_outputs,
 )
 
@@ -37,7 +47,7 @@ def images_table(n_studies: int = 90, seed: int = 0, perfect: tuple[str, ...] = 
 
 
 def interval(values) -> str:
-    return f"{values[0]:.3f}-{values[1]:.3f}"
+    return f"{values[0]:.3f} to {values[1]:.3f}"
 
 
 def test_tables_show_the_bootstrap_interval():
@@ -77,7 +87,8 @@ def test_write_run_outputs_writes_the_folder_with_patients(tmp_path):
                                  "patient": [f"patient{i // 2:05d}" for i in range(30)]})
     paths = pd.Series([f"img{i}.png" for i in range(len(images))])
     write_run_outputs(tmp_path, report, images, studies_meta, paths, 0.5, "Evaluation", "val", ["best.ckpt"])
-    for name in ("metrics.json", "predictions.csv", "predictions_images.csv", "report.md", "roc.png", "confusion.png"):
+    for name in ("metrics.json", "predictions.csv", "predictions_images.csv", "predictions_official.csv", "report.md",
+                 "report.html", "roc.png", "confusion.png", "calibration.png"):
         assert (tmp_path / name).stat().st_size > 0
     studies = pd.read_csv(tmp_path / "predictions.csv")
     assert list(studies["patient"]) == [f"patient{i // 2:05d}" for i in range(30)]  # MURA's ids, not the index
@@ -133,3 +144,99 @@ def test_roc_curves_that_coincide_stay_distinguishable(tmp_path, saved_figures):
     widths = [line.get_linewidth() for line in lines]
     assert widths == sorted(widths, reverse=True) and len(set(widths)) == 4  # each wider than what is drawn on it
     assert overall.get_color() == "black" and overall.get_zorder() > max(line.get_zorder() for line in parts)
+
+
+def test_intervals_with_negative_ends_read_as_ranges():
+    report = metrics_report(images_table(), bootstrap=0)
+    report["study"]["overall"]["kappa_ci95"] = [-0.258, 0.674]
+    assert metrics_table(report, "study").iloc[-1]["kappa 95% CI"] == "-0.258 to 0.674"  # not "-0.258-0.674"
+
+
+def test_calibration_section_in_the_markdown_report():
+    report = metrics_report(images_table(), bootstrap=0)
+    table = calibration_table(report)
+    assert list(table.columns) == ["body part", "studies", "study ECE", "study Brier", "images", "image ECE", "image Brier"]
+    assert list(table["body part"]) == [*PARTS, "overall"]
+    overall = table.set_index("body part").loc["overall"]
+    assert overall["study ECE"] == f"{report['study']['overall']['ece']:.3f}"
+    assert overall["image Brier"] == f"{report['image']['overall']['brier']:.3f}"
+    assert overall["images"] == report["image"]["overall"]["n"]
+    markdown = report_markdown(report, "Evaluation", "val", ["best.ckpt"])
+    assert "## Calibration" in markdown and "| study ECE" in markdown
+    assert "15 equal-width bins" in markdown and "BinaryCalibrationError, L1 norm" in markdown and "Brier" in markdown
+
+
+def test_reliability_diagram_per_body_part_with_bin_counts(tmp_path, saved_figures):
+    studies = aggregate_studies(images_table(120, seed=3))
+    plot_calibration(studies, tmp_path / "calibration.png")
+    assert (tmp_path / "calibration.png").stat().st_size > 0
+    axes = saved_figures[0].axes
+    assert len(axes) == 2 * (1 + len(PARTS))  # a reliability panel and a histogram for overall and each part
+    groups = [("overall", studies), *studies.groupby("body_part")]
+    for (name, frame), reliability, counts in zip(groups, axes[0::2], axes[1::2], strict=True):
+        assert reliability.get_title().startswith(f"{name} (n={len(frame)}, ECE ")
+        bins = reliability_bins(frame["label"].to_numpy(), frame["probability"].to_numpy())
+        diagonal, model = reliability.get_lines()
+        assert list(diagonal.get_xdata()) == [0, 1] and list(diagonal.get_ydata()) == [0, 1]
+        filled = bins[bins["count"] > 0]
+        assert np.allclose(model.get_xdata(), filled["mean_probability"]) and np.allclose(model.get_ydata(), filled["fraction_abnormal"])
+        assert [patch.get_height() for patch in counts.patches] == list(bins["count"])
+        assert sum(int(text.get_text()) for text in counts.texts if text.get_text()) == len(frame)  # counts written
+
+
+def synthetic_valid_images(root: Path, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """The image table, study table and paths of the official valid split of a (synthetic) release, scored by chance."""
+    index = build_index(root)
+    valid = index[index["split"] == "valid"].reset_index(drop=True)
+    valid["study_idx"] = pd.factorize(valid["study"])[0]
+    rng = np.random.default_rng(seed)
+    probability = np.clip(rng.normal(0.35 + 0.3 * valid["label"], 0.25), 0.01, 0.99)
+    images = pd.DataFrame({"image_idx": valid.index, "study_idx": valid["study_idx"], "patient": valid["patient"],
+                           "body_part": valid["body_part"], "label": valid["label"], "logit": 0.0, "probability": probability})
+    studies_meta = valid.groupby("study_idx").agg(study=("study", "first"), patient=("patient", "first"))
+    return images, studies_meta, valid["path"]
+
+
+def test_official_predictions_scored_against_the_official_labels_give_our_kappa(synthetic_root, tmp_path):
+    images, studies_meta, paths = synthetic_valid_images(synthetic_root)
+    report = metrics_report(images, bootstrap=0)
+    write_run_outputs(tmp_path, report, images, studies_meta, paths, 0.5, "Evaluation", "valid", ["best.ckpt"])
+    lines = (tmp_path / "predictions_official.csv").read_text().splitlines()
+    assert len(lines) == len(studies_meta) and all(line.split(",")[0].endswith("/") for line in lines)
+    assert all(line.startswith("MURA-v1.1/valid/XR_") and line[-2:] in (",0", ",1") for line in lines)  # no header
+    # What Stanford's evaluation does: join the submission with valid_labeled_studies.csv on the study path.
+    submitted = pd.read_csv(tmp_path / "predictions_official.csv", header=None, names=["study", "prediction"])
+    official = pd.read_csv(synthetic_root / "valid_labeled_studies.csv", header=None, names=["study", "label"])
+    joined = official.merge(submitted, on="study", how="inner", validate="one_to_one")
+    assert len(joined) == len(official) == len(submitted)  # every labelled study, spelled as the official CSV does
+    kappa = json.loads((tmp_path / "metrics.json").read_text())["study"]["overall"]["kappa"]
+    assert cohen_kappa_score(joined["label"], joined["prediction"]) == pytest.approx(kappa, abs=1e-12)
+    assert joined["prediction"].nunique() == 2  # a kappa of two raters who both vary, not a degenerate 0
+
+
+def test_write_official_predictions_holds_decisions_only(tmp_path):
+    studies = pd.DataFrame({"study": ["valid/XR_HAND/patient1/study1_negative"], "prediction": [0.4]})
+    with pytest.raises(ValueError, match="0 or 1"):
+        write_official_predictions(tmp_path / "p.csv", studies)
+    given = pd.DataFrame({"study": ["scans/a,b", "/abs/case2/"], "prediction": [1, 0]})
+    write_official_predictions(tmp_path / "p.csv", given, root_name=None)
+    assert list(csv.reader((tmp_path / "p.csv").open())) == [["scans/a,b/", "1"], ["/abs/case2/", "0"]]
+    assert official_study_path("valid/XR_WRIST/patient11185/study1_positive") == (
+        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/")
+
+
+def test_submission_paths_of_predicted_folders(tmp_path):
+    release = tmp_path / "MURA-v1.1" / "valid" / "XR_WRIST" / "patient11185" / "study1_positive"
+    scans = tmp_path / "scans" / "case1"
+    for folder in (release, scans):
+        folder.mkdir(parents=True)
+        (folder / "image1.png").write_bytes(b"")
+    # Inside a MURA-shaped tree: spelled as the official CSVs do, whatever the input was.
+    for given in (tmp_path / "MURA-v1.1", tmp_path / "MURA-v1.1" / "valid", release, release / "image1.png"):
+        study = release / "image1.png" if given.is_file() else release
+        assert submission_study_path(study, given) == "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/"
+    # Elsewhere: relative to the folder holding the input; an image stands for its folder.
+    assert submission_study_path(scans, tmp_path / "scans") == "scans/case1/"
+    assert submission_study_path(scans, scans) == "case1/"
+    assert submission_study_path(scans / "image1.png", scans / "image1.png") == "case1/"
+    assert submission_study_path(scans, "/elsewhere/input") == f"{scans.as_posix()}/"  # not under the input: as given

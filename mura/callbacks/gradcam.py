@@ -3,43 +3,47 @@
 from __future__ import annotations
 
 import logging
+from itertools import zip_longest
 from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 
+from mura.callbacks.artifacts import RunFile, publish
 from mura.data.images import load_grayscale
-from mura.data.transforms import build_transforms
 from mura.inference.explain import save_figure, study_heatmap_figure
 
 log = logging.getLogger(__name__)
 
 
-def choose_gallery_studies(val: pd.DataFrame, studies_per_class: int) -> list[pd.DataFrame]:
-    """`studies_per_class` normal and abnormal studies, taken round-robin over body parts (deterministic)."""
+def choose_gallery_studies(
+    val: pd.DataFrame, studies_per_part: int = 1, studies_per_class: int | None = None
+) -> list[pd.DataFrame]:
+    """`studies_per_part` normal and as many abnormal studies of every body part of `val` (the first by study path, so
+    the same every epoch and every run), normal ones first; `studies_per_class` caps each class, taking every
+    part's first study before any part's second (None: no cap). Each study is its image rows, sorted by view."""
     chosen = []
     studies = val.drop_duplicates("study").sort_values("study")
     for label in (0, 1):
-        by_part = [frame for _, frame in studies[studies["label"] == label].groupby("body_part", sort=True)]
-        picked, round_index = [], 0
-        while len(picked) < studies_per_class and any(round_index < len(frame) for frame in by_part):
-            for frame in by_part:
-                if round_index < len(frame) and len(picked) < studies_per_class:
-                    picked.append(frame.iloc[round_index]["study"])
-            round_index += 1
-        chosen += [val[val["study"] == study].sort_values("view") for study in picked]
+        by_part = [frame["study"].head(studies_per_part).tolist()
+                   for _, frame in studies[studies["label"] == label].groupby("body_part", sort=True)]
+        picked = [study for round_ in zip_longest(*by_part) for study in round_ if study is not None]
+        chosen += [val[val["study"] == study].sort_values("view") for study in picked[:studies_per_class]]
     return chosen
 
 
 class GradCamGallery(pl.Callback):
     """Writes `<output_dir>/epoch_NNN/` (every `every_n_epochs`) PNGs, one per study, each view with its heat map,
-    the true label and the predicted probability; also to TensorBoard if on. `mura.train` renders
+    the true label and the predicted probability, over the validation studies `choose_gallery_studies` picks (every
+    body part); and hands them to the run's trackers (mura/callbacks/artifacts.py). `mura.train` renders
     `<output_dir>/final/` itself, from the selected (tested) checkpoint."""
 
-    def __init__(self, output_dir: str, every_n_epochs: int = 5, studies_per_class: int = 3, max_views: int = 4):
+    def __init__(self, output_dir: str, every_n_epochs: int = 5, studies_per_part: int = 1,
+                 studies_per_class: int | None = None, max_views: int = 4):
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
+        self.studies_per_part = studies_per_part
         self.studies_per_class = studies_per_class
         self.max_views = max_views
         self.gallery: list[pd.DataFrame] = []
@@ -47,7 +51,8 @@ class GradCamGallery(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
         if datamodule is not None and datamodule.has_split("val"):
-            self.gallery = choose_gallery_studies(datamodule.split_frame("val"), self.studies_per_class)
+            self.gallery = choose_gallery_studies(datamodule.split_frame("val"), self.studies_per_part,
+                                                  self.studies_per_class)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -57,8 +62,7 @@ class GradCamGallery(pl.Callback):
         if not trainer.is_global_zero or not self.gallery:
             return []
         datamodule = trainer.datamodule
-        hparams = pl_module.hparams
-        transform = build_transforms(hparams.recipe, hparams.image_size, hparams.in_channels, train=False)
+        transform = pl_module.eval_transform()  # the checkpoint's own preprocessing (recipe, size, resize mode)
         written = []
         for study in self.gallery:
             views = study.head(self.max_views)
@@ -69,11 +73,8 @@ class GradCamGallery(pl.Callback):
             title = f"{first['body_part']} {first['patient']}: truth {label}, study p(abnormal) = {{probability:.2f}} ({when})"
             figure, _ = study_heatmap_figure(pl_module.network, inputs, raw, title)
             name = f"{first['body_part']}_{first['patient']}_{Path(first['study']).name}"
-            for logger in trainer.loggers:
-                if isinstance(logger, pl.loggers.TensorBoardLogger):
-                    logger.experiment.add_figure(f"gradcam/{name}", figure, global_step=trainer.global_step, close=False)
-            path = self.output_dir / folder / f"{name}.png"
-            save_figure(figure, path)
-            written.append(path)
+            save_figure(figure, self.output_dir / folder / f"{name}.png")
+            written.append(RunFile(self.output_dir.parent, f"{self.output_dir.name}/{folder}/{name}.png", f"gradcam/{name}"))
+        publish(trainer.loggers, written, trainer.global_step)
         log.info("Grad-CAM gallery: %d studies in %s", len(written), self.output_dir / folder)
-        return written
+        return [file.path for file in written]

@@ -7,6 +7,11 @@ independent, so a replicate draws patients with replacement and takes all of the
 The bootstrap is vectorised: a replicate x row weight matrix ("how many times was this row's patient drawn")
 gives every replicate's weighted confusion counts (kappa) and weighted Mann-Whitney statistic (AUROC) at once.
 Kappa's standard-error interval (the paper's method) is kept beside it as `kappa_ci95_se`.
+
+Calibration (clinicians read the probabilities, not only the 0/1 calls): `ece` is the expected calibration error of
+p(abnormal), torchmetrics' binary calibration error with the L1 norm over `CALIBRATION_BINS` equal-width bins of
+[0, 1]: the bin-size-weighted mean of |fraction abnormal - mean p(abnormal)| over the bins; `brier` is the mean
+squared difference between p(abnormal) and the 0/1 label (0 is perfect; always saying 0.5 scores 0.25).
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
 Z_95 = 1.959963984540054
 BOOTSTRAP_REPLICATES = 1000
-LOGGED_METRICS = ("kappa", "auroc", "accuracy", "sensitivity", "specificity")  # the scalar metrics training logs
+CALIBRATION_BINS = 15  # equal-width bins of p(abnormal) over [0, 1] (torchmetrics' default)
+# The scalar metrics training logs every epoch. ECE and Brier cost a pass over the probabilities each; Brier, a proper
+# scoring rule, is a sound selection metric (mode min) and both show a model growing overconfident as it overfits.
+LOGGED_METRICS = ("kappa", "auroc", "accuracy", "sensitivity", "specificity", "ece", "brier")
 IMAGE_COLUMNS = ["image_idx", "study_idx", "patient", "body_part", "label", "logit", "probability"]
 
 
@@ -162,6 +171,41 @@ def patient_bootstrap_intervals(
     }
 
 
+def calibration_metrics(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, float | None]:
+    """{"ece": expected calibration error (torchmetrics, L1 norm, `bins` equal-width bins), "brier": mean squared
+    error of the probabilities against the 0/1 labels}; both None for no rows. Defined for one-class groups too."""
+    # Imported here, not at the top: torchmetrics imports matplotlib.pyplot (global state) on import, and the report
+    # module, which notebooks import, must leave matplotlib alone (tests/test_report.py).
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if len(labels) == 0:
+        return {"ece": None, "brier": None}
+    ece = binary_calibration_error(torch.tensor(probabilities), torch.tensor(labels), n_bins=bins, norm="l1")
+    return {"ece": float(ece), "brier": float(np.mean((probabilities - labels) ** 2))}
+
+
+def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    """A row per equal-width bin of p(abnormal) over [0, 1] (the ECE's bins): low, high, count, mean_probability and
+    fraction_abnormal (NaN in an empty bin). The ECE is sum(count x |fraction_abnormal - mean_probability|) / n.
+
+    A probability of exactly 1.0 counts in the last bin here; torchmetrics' ECE gives it a bin of its own, which
+    changes the ECE only where a probability saturates at 1.0.
+    """
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # As torch.bucketize(right=True): bin k holds [edges[k], edges[k + 1]).
+    index = np.clip(np.searchsorted(edges, probabilities, side="right") - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_probability = np.bincount(index, weights=probabilities, minlength=bins) / count
+        fraction_abnormal = np.bincount(index, weights=labels, minlength=bins) / count
+    return pd.DataFrame({"low": edges[:-1], "high": edges[1:], "count": count, "mean_probability": mean_probability,
+                         "fraction_abnormal": fraction_abnormal})
+
+
 def binary_metrics(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -171,10 +215,11 @@ def binary_metrics(
     seed: int = 0,
 ) -> dict:
     """M = {n, kappa, kappa_ci95, kappa_ci95_se, auroc, auroc_ci95, accuracy, sensitivity, specificity,
-    bootstrap_replicates}; undefined values are None.
+    bootstrap_replicates, ece, ece_bins, brier}; undefined values are None.
 
     kappa_ci95 and auroc_ci95 are patient-bootstrap percentile intervals (`bootstrap` replicates over `patients`,
-    a patient id per row; None when `bootstrap` is 0); kappa_ci95_se is kappa +- 1.96 standard errors.
+    a patient id per row; None when `bootstrap` is 0); kappa_ci95_se is kappa +- 1.96 standard errors. ece and brier
+    are `calibration_metrics` (ece over ece_bins equal-width bins).
     """
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -184,9 +229,11 @@ def binary_metrics(
         raise ValueError("the bootstrap resamples patients: pass `patients`, a patient id per row")
     intervals = (patient_bootstrap_intervals(labels, probabilities, patients, threshold, bootstrap, seed)
                  if bootstrap and n else {"kappa": None, "auroc": None})
+    calibration = {**calibration_metrics(labels, probabilities), "ece_bins": CALIBRATION_BINS}
     if n == 0:
         return {"n": 0, "kappa": None, "kappa_ci95": None, "kappa_ci95_se": None, "auroc": None, "auroc_ci95": None,
-                "accuracy": None, "sensitivity": None, "specificity": None, "bootstrap_replicates": max(int(bootstrap), 0)}
+                "accuracy": None, "sensitivity": None, "specificity": None, "bootstrap_replicates": max(int(bootstrap), 0),
+                **calibration}
     tn, fp, fn, tp = confusion_matrix(labels, predictions, labels=[0, 1]).ravel()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # kappa is 0/0 when both raters are constant
@@ -203,6 +250,7 @@ def binary_metrics(
         "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
         "specificity": float(tn / (tn + fp)) if tn + fp else None,
         "bootstrap_replicates": max(int(bootstrap), 0),
+        **calibration,
     }
 
 

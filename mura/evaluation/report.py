@@ -1,17 +1,31 @@
-"""Writing results: metrics.json, prediction tables, report.md with the paper comparison, ROC and confusion plots."""
+"""Writing results: metrics.json, prediction tables (ours and the official submission format), report.md and
+report.html with the paper comparison, ROC, confusion and calibration plots."""
 
 from __future__ import annotations
 
+import csv
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
-from mura.evaluation.metrics import aggregate_studies, format_metric
+from mura.data.index import BODY_PARTS
+from mura.evaluation.html_report import ReportContent, write_report_html
+from mura.evaluation.metrics import (
+    CALIBRATION_BINS,
+    aggregate_studies,
+    calibration_metrics,
+    format_metric,
+    reliability_bins,
+)
 from mura.evaluation.reference import PAPER_KAPPA, PAPER_SOURCE
+
+OFFICIAL_ROOT_NAME = "MURA-v1.1"  # the folder the official CSVs' paths start with
 
 # Per-body-part ROC curves: distinct line styles, widest first, so curves that coincide (several parts at AUROC 1.0)
 # still show as stripes of their colours under one another; the overall curve is drawn last, thin, on top.
@@ -73,6 +87,47 @@ def comparison_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def comparison_note() -> str:
+    """What the comparison with the paper can and cannot say."""
+    return (
+        f"The paper's numbers ({PAPER_SOURCE}) are kappa against a radiologist majority gold standard on the hidden "
+        "test set; this model's are against the MURA labels on the split named above. They are comparable in kind "
+        "(study-level kappa), not in data. A study is abnormal when the mean of its images' probabilities exceeds "
+        "the threshold. The paper model's CIs are as published."
+    )
+
+
+def calibration_table(report: dict) -> pd.DataFrame:
+    """One row per body part (overall last): study-level and image-level expected calibration error and Brier score."""
+    rows = []
+    for name in _groups(report, "study"):
+        study, image = report["study"][name], report["image"].get(name, {})
+        rows.append(
+            {
+                "body part": name,
+                "studies": study["n"],
+                "study ECE": format_metric(study.get("ece")),
+                "study Brier": format_metric(study.get("brier")),
+                "images": image.get("n", 0),
+                "image ECE": format_metric(image.get("ece")),
+                "image Brier": format_metric(image.get("brier")),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def calibration_note(report: dict) -> str:
+    """What ECE and Brier measure, and the bins."""
+    bins = next((metrics["ece_bins"] for metrics in report["study"].values() if metrics.get("ece_bins")), CALIBRATION_BINS)
+    return (
+        f"ECE (expected calibration error): p(abnormal) sorted into {bins} equal-width bins over [0, 1]; the "
+        "bin-size-weighted mean of |fraction of abnormal studies (images) - mean p(abnormal)| per bin (torchmetrics' "
+        "BinaryCalibrationError, L1 norm). Brier: the mean of (p(abnormal) - label)², 0 for perfect confident answers "
+        "and 0.25 for always saying 0.5. Lower is better for both; with few studies per bin the ECE is noisy and "
+        "biased upwards. `calibration.png` draws the study-level reliability diagram."
+    )
+
+
 def interval_note(report: dict) -> str:
     """What the 95% CIs are: the bootstrap's method and replicate count, the standard-error interval beside it in
     metrics.json, and which intervals have zero width (no disagreement to resample, not certainty)."""
@@ -111,10 +166,7 @@ def report_markdown(report: dict, title: str, split_description: str, checkpoint
         "",
         comparison_table(report).to_markdown(index=False, disable_numparse=True),
         "",
-        f"The paper's numbers ({PAPER_SOURCE}) are kappa against a radiologist majority gold standard on the hidden "
-        f"test set; this model's are against the MURA labels on the split named above. They are comparable in kind "
-        "(study-level kappa), not in data. A study is abnormal when the mean of its images' probabilities exceeds "
-        "the threshold. The paper model's CIs are as published.",
+        comparison_note(),
         "",
         interval_note(report),
         "",
@@ -126,7 +178,16 @@ def report_markdown(report: dict, title: str, split_description: str, checkpoint
         "",
         metrics_table(report, "image").to_markdown(index=False),
         "",
-        "Plots: `roc.png` (study-level ROC per body part), `confusion.png` (study-level confusion matrices).",
+        "## Calibration (are the probabilities honest?)",
+        "",
+        calibration_table(report).to_markdown(index=False, disable_numparse=True),
+        "",
+        calibration_note(report),
+        "",
+        "Plots: `roc.png` (study-level ROC per body part), `confusion.png` (study-level confusion matrices), "
+        "`calibration.png` (study-level reliability diagrams). `report.html` holds all of this, the figures and the "
+        "Grad-CAM gallery in one file; `predictions_official.csv` is the study predictions in the official submission "
+        "format.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -181,6 +242,50 @@ def plot_confusion(studies: pd.DataFrame, threshold: float, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def plot_calibration(studies: pd.DataFrame, path: Path, bins: int = CALIBRATION_BINS) -> None:
+    """Study-level reliability diagrams, overall and per body part: the fraction of abnormal studies against the mean
+    p(abnormal) in each of `bins` equal-width bins (the ECE's), the diagonal for perfect calibration, and under each
+    the number of studies per bin (bars, counts written on them)."""
+    groups = [("overall", studies), *studies.groupby("body_part", sort=True)]
+    columns = min(4, len(groups))
+    rows = int(np.ceil(len(groups) / columns))
+    # Fixed margins rather than a layout engine: constrained layout over these 16 axes took 2 s of every run's end.
+    height = 4.4 * rows
+    figure = Figure(figsize=(3.2 * columns, height))
+    outer = figure.add_gridspec(rows, columns, left=0.07, right=0.98, bottom=0.55 / height, top=1 - 0.55 / height,
+                                wspace=0.3, hspace=0.3)
+    width = 1.0 / bins
+    for index, (name, frame) in enumerate(groups):
+        row, column = divmod(index, columns)
+        cell = outer[row, column].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.08)
+        reliability = figure.add_subplot(cell[0])
+        counts = figure.add_subplot(cell[1], sharex=reliability)
+        table = reliability_bins(frame["label"].to_numpy(), frame["probability"].to_numpy(), bins)
+        filled = table[table["count"] > 0]
+        ece = calibration_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy(), bins)["ece"]
+        reliability.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=0.8, label="perfectly calibrated")
+        reliability.plot(filled["mean_probability"], filled["fraction_abnormal"], marker="o", markersize=4,
+                         color="C0" if name != "overall" else "black", label="this model")
+        reliability.set_xlim(0, 1)
+        reliability.set_ylim(-0.02, 1.02)
+        reliability.set_title(f"{name} (n={len(frame)}, ECE {format_metric(ece)})", fontsize=9)
+        reliability.tick_params(labelbottom=False, labelsize=7)
+        if column == 0:
+            reliability.set_ylabel("fraction abnormal", fontsize=8)
+            counts.set_ylabel("studies", fontsize=8)
+        if index == 0:
+            reliability.legend(fontsize=7, loc="upper left")
+        bars = counts.bar(table["low"], table["count"], width=width, align="edge", color="0.6", edgecolor="white")
+        counts.bar_label(bars, labels=[str(count) if count else "" for count in table["count"]], fontsize=6, padding=1)
+        counts.set_ylim(0, max(int(table["count"].max()), 1) * 1.35)
+        counts.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
+        counts.set_xticks([0, 0.25, 0.5, 0.75, 1], ["0", "0.25", "0.5", "0.75", "1"])
+        counts.set_xlabel("p(abnormal)", fontsize=8)
+        counts.tick_params(labelsize=7)
+    figure.suptitle(f"Study-level calibration ({bins} equal-width bins)", fontsize=10)
+    figure.savefig(path, dpi=100)
+
+
 def predictions_tables(
     images: pd.DataFrame, studies_meta: pd.DataFrame, paths: pd.Series, threshold: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -205,6 +310,61 @@ def predictions_tables(
     return studies[study_columns], image_rows[image_columns]
 
 
+def official_study_path(study: str, root_name: str | None = OFFICIAL_ROOT_NAME) -> str:
+    """A study as the official CSVs spell it: `valid/XR_WRIST/patient11185/study1_positive` (a study key, relative
+    to the release) becomes `MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/`; with root_name None the study is
+    taken as already spelled in full and only gets its trailing slash."""
+    return f"{root_name}/{str(study).strip('/')}/" if root_name else f"{str(study).rstrip('/')}/"
+
+
+def write_official_predictions(path: str | Path, studies: pd.DataFrame, root_name: str | None = OFFICIAL_ROOT_NAME) -> Path:
+    """`predictions_official.csv`: a row per study, `study path,prediction`, no header, the form Stanford's evaluation
+    reads (as valid_labeled_studies.csv: `MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/,1`).
+
+    `studies` has a `study` column (study keys relative to the release, spelled by `official_study_path` with
+    `root_name`) and a 0/1 `prediction` column.
+    """
+    predictions = pd.to_numeric(studies["prediction"], errors="coerce")
+    if not predictions.isin([0, 1]).all():
+        raise ValueError("write_official_predictions: `prediction` must be 0 or 1 for every study (the official format "
+                         "holds a decision, not a probability)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as sink:
+        writer = csv.writer(sink, lineterminator="\n")  # quotes a path only if it holds a comma
+        for study, prediction in zip(studies["study"], predictions.astype(int), strict=True):
+            writer.writerow([official_study_path(study, root_name), prediction])
+    return path
+
+
+_STUDY_FOLDER = re.compile(r"^study\d+", re.IGNORECASE)
+
+
+def submission_study_path(study: str | Path, input_path: str | Path) -> str:
+    """How `predictions_official.csv` spells a study `mura.predict` found under `input_path` (for
+    `write_official_predictions(..., root_name=None)`).
+
+    A study inside a MURA-shaped tree (.../RELEASE/SPLIT/XR_PART/patientN/studyK) is spelled from the release folder
+    on, as the official CSVs do: `MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/`. Any other folder is spelled
+    relative to the folder that holds the input, so the input's own name comes first (`scans/case1/`), or as given
+    when it is not under the input. A single image stands for its folder, as Stanford's own predictor groups images.
+    """
+    folder, given = PurePath(study), PurePath(input_path)
+    if Path(study).is_file():
+        folder = folder.parent
+    if Path(input_path).is_file():
+        given = given.parent
+    parts = folder.parts
+    if (len(parts) >= 5 and parts[-3].upper() in BODY_PARTS and parts[-2].lower().startswith("patient")
+            and _STUDY_FOLDER.match(parts[-1])):
+        return "/".join(parts[-5:]) + "/"
+    try:
+        relative = folder.relative_to(given.parent if given.name else given)
+    except ValueError:
+        relative = folder
+    return official_study_path(relative.as_posix(), None)
+
+
 def write_run_outputs(
     output_dir: Path,
     report: dict,
@@ -216,7 +376,9 @@ def write_run_outputs(
     split_description: str,
     checkpoints: list[str],
 ) -> None:
-    """Everything a results folder holds: metrics.json, predictions(.csv, _images.csv), report.md, roc.png, confusion.png.
+    """Everything a results folder holds: metrics.json, predictions(.csv, _images.csv, _official.csv), report.md,
+    roc.png, confusion.png, calibration.png, and report.html last, with what else the folder holds by then (a training
+    run's curves.png, split_table.csv and Grad-CAM gallery/final/).
 
     `images` is the image table metrics_report took (with its `patient` column).
     """
@@ -225,10 +387,19 @@ def write_run_outputs(
     studies, image_rows = predictions_tables(images, studies_meta, paths, threshold)
     studies.to_csv(output_dir / "predictions.csv", index=False)
     image_rows.to_csv(output_dir / "predictions_images.csv", index=False)
+    write_official_predictions(output_dir / "predictions_official.csv", studies)
     (output_dir / "report.md").write_text(report_markdown(report, title, split_description, checkpoints))
     plot_roc(studies, output_dir / "roc.png")
     plot_confusion(studies, threshold, output_dir / "confusion.png")
+    plot_calibration(studies, output_dir / "calibration.png")
+    write_report_html(output_dir, ReportContent(
+        title=title, split_description=split_description, checkpoints=list(checkpoints), threshold=threshold,
+        comparison=comparison_table(report), comparison_note=comparison_note(), interval_note=interval_note(report),
+        study_table=metrics_table(report, "study"), image_table=metrics_table(report, "image"),
+        calibration_table=calibration_table(report), calibration_note=calibration_note(report),
+    ))
 
 
 def _fmt_ci(interval: list[float] | None) -> str:
-    return f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "n/a"
+    # "to", not a hyphen: "-0.258-0.674" reads as a range of negatives.
+    return f"{interval[0]:.3f} to {interval[1]:.3f}" if interval else "n/a"

@@ -1,0 +1,125 @@
+"""What every command does first: silence known noise, show the resolved config as a tree (on stderr: stdout carries
+results, so `mura.predict ... | jq` works), save it into the run folder as config.yaml, and say where data, caches
+and outputs go when a setting gives them relative to the working directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.text import Text
+from rich.tree import Tree
+
+from mura.app.quiet import fit_workers_to_cores, quiet_known_noise
+
+log = logging.getLogger(__name__)
+
+RESOLVED_CONFIG = "config.yaml"
+# Path settings a command may have, and what they hold: reported when relative to the working directory.
+PATH_SETTINGS = {
+    "data.root": "data",
+    "data_root": "data",
+    "input": "data",
+    "data.cache_dir": "caches",
+    "cache_dir": "caches",
+    "data.synthetic.dir": "synthetic data",
+}
+
+
+def start_run(cfg: DictConfig) -> None:
+    """The start of every command's main(): quiet, right-sized, announced."""
+    quiet_known_noise()
+    fit_workers_to_cores(cfg)
+    announce_run(cfg, Path(cfg.paths.output_dir))
+
+
+def announce_run(cfg: DictConfig, output_dir: Path) -> None:
+    """Print the resolved config as a tree on stderr, save it as `output_dir`/config.yaml (Hydra's own
+    .hydra/config.yaml keeps the interpolations), and log the absolute place of every relative path setting.
+    Process rank zero only: DDP and SLURM tasks start every command once per process."""
+    if not _rank_zero():
+        return
+    resolved = resolve_what_resolves(cfg)
+    Console(stderr=True, soft_wrap=True).print(config_tree(resolved))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RESOLVED_CONFIG).write_text(
+        "# The config this run used, every interpolation resolved (.hydra/config.yaml has it as composed)\n"
+        + OmegaConf.to_yaml(resolved)
+    )
+    relative = relative_paths(resolved)
+    if relative:
+        log.info("relative paths resolve against %s (where you ran the command):\n%s", Path.cwd(),
+                 "\n".join(f"  {what:<14} {setting}={value} -> {absolute}" for what, setting, value, absolute in relative))
+
+
+def resolve_what_resolves(cfg: DictConfig | ListConfig) -> Any:
+    """The config as plain values with every interpolation resolved that can be; one that cannot yet (evaluate's
+    `data.channels`, set later from the checkpoint) stays as written, a missing value stays `???`."""
+    keys = list(cfg.keys()) if isinstance(cfg, DictConfig) else list(range(len(cfg)))
+    values = {}
+    for key in keys:
+        if OmegaConf.is_missing(cfg, key):
+            values[key] = "???"
+            continue
+        try:
+            value = cfg[key]
+        except InterpolationResolutionError:
+            value = cfg._get_node(key)._value()  # the interpolation as written
+        values[key] = resolve_what_resolves(value) if isinstance(value, (DictConfig, ListConfig)) else value
+    return values if isinstance(cfg, DictConfig) else [values[index] for index in keys]
+
+
+def config_tree(resolved: dict) -> Tree:
+    """One branch per top-level setting: single values first, then each group as YAML."""
+    tree = Tree("config", guide_style="dim")
+    groups = {key: value for key, value in resolved.items() if isinstance(value, (dict, list)) and value}
+    for key, value in resolved.items():
+        if key not in groups:
+            tree.add(Text(OmegaConf.to_yaml({key: value}).strip()))  # Text: a value is never read as rich markup
+    for key, value in groups.items():
+        tree.add(Text(str(key))).add(Syntax(OmegaConf.to_yaml(value).rstrip(), "yaml", theme="ansi_dark", background_color="default"))
+    return tree
+
+
+def relative_paths(resolved: dict) -> list[tuple[str, str, str, Path]]:
+    """(what, setting, value, absolute path) for each path setting given relative to the working directory, the
+    run folder included (hydra.run.dir or hydra.sweep.dir)."""
+    found = []
+    for setting, what in PATH_SETTINGS.items():
+        if setting == "data.synthetic.dir" and _lookup(resolved, "data.root"):
+            continue  # a data.root given: the synthetic tree goes unused
+        value = _lookup(resolved, setting)
+        if isinstance(value, str) and value and value != "???" and "${" not in value and not os.path.isabs(value):
+            found.append((what, setting, value, Path(value).absolute()))
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        setting, folder = ("hydra.sweep.dir", hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else ("hydra.run.dir", hydra.run.dir)
+        if folder and not os.path.isabs(folder):
+            found.append(("outputs", setting, str(folder), Path(folder).absolute()))
+    return found
+
+
+def _lookup(resolved: dict, setting: str) -> Any:
+    """`data.cache_dir` in the plain resolved config; None where a part of it is absent."""
+    value: Any = resolved
+    for part in setting.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _rank_zero() -> bool:
+    """As Lightning's rank_zero_only decides it, without importing Lightning: the first rank variable set."""
+    for variable in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(variable) is not None:
+            return os.environ[variable] == "0"
+    return True
