@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def train_command(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mura.train", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_a_two_job_sweep_through_submitit_writes_both_jobs_metrics(synthetic_root: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     result = train_command(
@@ -30,6 +33,7 @@ def test_a_two_job_sweep_through_submitit_writes_both_jobs_metrics(synthetic_roo
     assert len(list((sweep_dir / ".submitit").glob("*/*_log.out"))) == 2  # each job ran in its own submitit process
 
 
+@pytest.mark.slow
 def test_one_override_sends_a_sweep_to_slurm_with_our_settings(synthetic_root: Path, tmp_path: Path):
     """No cluster here: stand-ins for srun and sbatch; sbatch keeps the script it is given and refuses the job."""
     bin_dir, script = tmp_path / "bin", tmp_path / "submitted.sh"

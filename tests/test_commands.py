@@ -93,6 +93,7 @@ def run_training_command(args: list[str], cwd: Path, cores: int | None = None) -
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins the command to one core (Linux)")
 def test_a_run_shows_its_config_saves_it_resolved_and_prints_real_warnings_only(synthetic_root: Path, tmp_path: Path):
     """One real command-line run (debug=limit): the config tree goes to stderr (stdout carries results), the resolved

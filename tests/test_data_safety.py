@@ -91,6 +91,7 @@ def test_the_generator_replaces_its_own_tree_and_fills_an_empty_folder(tmp_path:
 # -- every command, against a user's tree ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_readme_evaluate_command_reads_the_real_tree_and_writes_nothing_in_it(trained_run, untouched: Path, tmp_path: Path):
     """The README's command as written (data.root given, default configs): it used to regenerate the folder."""
     best = trained_run[0] / "checkpoints" / "best.ckpt"
@@ -100,6 +101,7 @@ def test_readme_evaluate_command_reads_the_real_tree_and_writes_nothing_in_it(tr
     assert f"test split ({untouched})" in result.stdout
 
 
+@pytest.mark.slow
 def test_plain_train_with_a_user_root_reads_it_and_writes_nothing_in_it(untouched: Path, tmp_path: Path):
     """`python -m mura.train data.root=...` without an experiment: real data, the default configs, one real epoch."""
     result = run_command("mura.train", [

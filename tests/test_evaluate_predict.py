@@ -238,6 +238,7 @@ def test_predict_reports_each_study_and_goes_on(trained_run, synthetic_root: Pat
     assert official == f"{tmp_path.name}/inputs/XR_WRIST/patient1/study1/,{int(study['abnormal'])}\n"
 
 
+@pytest.mark.slow
 def test_predict_command_into_a_closed_pipe(trained_run, synthetic_root: Path, tmp_path: Path):
     run_dir, _ = trained_run
     # `| head -n 1` on a folder of studies: the first line, then a quiet end (it was a BrokenPipeError, exit 1).

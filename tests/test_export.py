@@ -241,6 +241,7 @@ def test_an_unknown_format_is_refused(checkpoints, tmp_path: Path):
         export(export_config(checkpoints["paper_gray"], tmp_path, "format=tflite"))
 
 
+@pytest.mark.slow
 def test_the_command_writes_the_file_and_its_contract(checkpoints, tmp_path: Path):
     run_dir = tmp_path / "run"
     result = subprocess.run(

@@ -30,6 +30,7 @@ def test_notebooks_are_committed_without_outputs():
         assert len(figure_cells(notebook)) == FIGURE_CELLS[path.stem], path.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes_and_shows_its_figures(path: Path, trained_run, synthetic_root: Path, monkeypatch):
     run_dir, _ = trained_run

@@ -25,6 +25,7 @@ from mura.train import train
 TINY_TIMM = "timm/resnet10t"
 
 
+@pytest.mark.slow
 def test_a_timm_backbone_trains_validates_explains_and_evaluates(trained_run, synthetic_root: Path, tmp_path: Path):
     """channels_last, the decode-once cache, device augmentation, the Grad-CAM gallery (target layer from timm's own
     feature information), mura.evaluate alone and in an ensemble with a torchvision DenseNet, mura.predict."""
@@ -89,6 +90,7 @@ def test_cross_validation_folds_are_patient_grouped_stratified_and_deterministic
     assert module.state_dict()["split"]["cv_fold"] == 2
 
 
+@pytest.mark.slow
 def test_a_cross_validated_sweep_is_summarised_as_mean_and_sd_per_setting(synthetic_root: Path, tmp_path: Path):
     """A Hydra multirun through the command line (the basic launcher, one job per fold), then one table of it, and the
     folds' models as one ensemble."""

@@ -48,6 +48,7 @@ def final_numbers(run_dir: Path) -> dict[str, float]:
             "test_image_accuracy": report["image"]["overall"]["accuracy"]}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     run_train(cli_overrides(synthetic_root, straight, epochs=2), tmp_path)
@@ -67,6 +68,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_roo
     assert [row["epoch"] for row in history] == [0, 1]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_before_exiting(synthetic_root: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     result = run_train([*cli_overrides(synthetic_root, run_dir, epochs=5), "+callbacks.killer._target_=crash_callbacks.KillAtStep",
@@ -116,6 +118,7 @@ def test_nan_loss_stops_with_step_and_batch(synthetic_root: Path, tmp_path: Path
         train(cfg)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(synthetic_root: Path, tmp_path: Path):
     def run(seed: int, name: str) -> dict:
         overrides = [*tiny_training_overrides(synthetic_root, tmp_path / name), f"seed={seed}", "trainer.max_epochs=1",
@@ -140,6 +143,7 @@ def test_sampler_depends_only_on_seed_epoch_and_index():
     assert list(SeededSampler(5, 0, shuffle=False, augment=False)) == [(i, None) for i in range(5)]
 
 
+@pytest.mark.slow
 def test_two_devices_asked_the_plain_lightning_way_give_exactly_the_single_process_metrics(synthetic_root: Path, tmp_path: Path):
     """trainer.devices=2 on the default trainer config (not trainer=ddp): two processes, every image scored once.
     Lightning's distributed sampler used to wrap ours and shard the shards (each process saw a quarter)."""

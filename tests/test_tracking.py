@@ -41,6 +41,7 @@ def val_parts(output_dir: Path) -> dict[str, int]:
     return splits[splits["split"] == "val"].groupby("body_part")["label"].nunique().to_dict()
 
 
+@pytest.mark.slow
 def test_mlflow_store_reads_back_with_mlflows_own_client(synthetic_root: Path, tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
@@ -127,6 +128,7 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_metrics_config_and_files(synthetic_root: Path, tmp_path: Path, monkeypatch):
     pytest.importorskip("wandb")
     for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CACHE_DIR": tmp_path / "cache",

@@ -98,6 +98,7 @@ def test_one_real_epoch_of_every_experiment_writes_safe_checkpoints(experiment: 
         assert report["study"]["overall"]["n"] == pd.read_csv(tmp_path / "splits.csv").query("split == 'test'")["study"].nunique()
 
 
+@pytest.mark.slow
 def test_optuna_receives_each_trials_selected_score_and_goes_on_past_an_undefined_one(synthetic_root: Path, tmp_path: Path):
     """A trial's value is the score of the checkpoint it selected and tested; a trial whose score is undefined (an
     AUROC over one class) is recorded as failed and the search goes on. Two trials: the seeded sampler draws the
