@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import signal
 import warnings
@@ -55,6 +56,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     refuse_lightning_sharding(trainer.world_size, cfg.trainer.get("use_distributed_sampler", True))
     ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+        # SLURM requeued this job (preemption, or submitit after a timeout): the same command again, in its folder.
+        log.info("SLURM requeued this job (restart %s): resuming from its last checkpoint", os.environ["SLURM_RESTART_COUNT"])
+        ckpt_path = "last"
     refuse_to_overwrite(output_dir / "checkpoints", ckpt_path)
     log_config(trainer.loggers, cfg)  # after the refusals: a run refused at the start leaves no tracker run behind
     try:

@@ -135,6 +135,14 @@ def test_weight_averaging_validates_saves_and_tests_the_averaged_weights(synthet
                                       "eval.split=val", "eval.bootstrap=0", "data.num_workers=0",
                                       f"paths.output_dir={tmp_path / 'val'}"], config_name="evaluate"))
     assert report["study"]["overall"]["auroc"] == pytest.approx(selected["val/study/auroc"], abs=1e-6)
+    # ... and the test after training scores them too (a leftover EMA callback once loaded the raw weights back).
+    tested = evaluate(compose_config([f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"data.root={synthetic_root}",
+                                      "eval.bootstrap=0", "data.num_workers=0", f"paths.output_dir={tmp_path / 'test'}"],
+                                     config_name="evaluate"))
+    trained = json.loads((run / "metrics.json").read_text())
+    for level in ("study", "image"):
+        assert trained[level]["overall"]["auroc"] == pytest.approx(tested[level]["overall"]["auroc"], abs=1e-6)
+        assert trained[level]["overall"]["brier"] == pytest.approx(tested[level]["overall"]["brier"], abs=1e-6)
 
 
 def test_warmup_cosine_rises_then_decays_per_step(synthetic_root: Path, tmp_path: Path):
@@ -184,13 +192,19 @@ def test_pad_keeps_the_aspect_ratio_and_every_path_agrees(synthetic_root: Path, 
     assert torch.allclose(DeviceAugmentation("paper", 3)(raw, theta=None), plain, atol=1e-5)
 
 
-def test_the_resize_mode_travels_with_the_checkpoint(synthetic_root: Path, tmp_path: Path):
+def test_the_resize_mode_travels_with_the_checkpoint_and_the_export_contract(synthetic_root: Path, tmp_path: Path):
+    from mura.inference.export import preprocessing_contract
     from mura.models.checkpoint import load_classifier
 
-    train(compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "data.resize=pad", "trainer.max_epochs=1",
-                          "callbacks.gradcam.every_n_epochs=0"]))
-    model = load_classifier(tmp_path / "checkpoints" / "best.ckpt")
+    train(compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "data.resize=pad", "trainer.max_epochs=1"]))
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    model = load_classifier(best)
     assert model.hparams.resize == "pad"
-    image = torch.full((1, 60, 30), 200, dtype=torch.uint8)
-    transformed = model.eval_transform()(image)
-    assert transformed.shape[-1] == 48 and np.isclose(transformed[0, 24, 0].item(), transformed[0, 0, 0].item())
+    tall = torch.zeros((1, 60, 30), dtype=torch.uint8)
+    tall[:, :, 10:20] = 255  # a bright bar in the middle third
+    transformed = model.eval_transform()(tall)[0]
+    # Padded, the bar keeps its third of the width (8 of 24 content columns); squashed, it would span 16 of 48.
+    bright = (transformed[24] > transformed[24].min() + 1).sum().item()
+    assert 7 <= bright <= 9
+    contract = preprocessing_contract(model, best)
+    assert contract["input"]["resize"] == "pad" and "aspect ratio" in " ".join(contract["preprocessing_by_caller"])

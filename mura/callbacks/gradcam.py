@@ -54,7 +54,11 @@ class GradCamGallery(pl.Callback):
             self.gallery = choose_gallery_studies(datamodule.split_frame("val"), self.studies_per_part,
                                                   self.studies_per_class)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # At the end of validation, not of the training epoch: with weight averaging (model.ema) the weights in the
+        # model now are the averaged ones that were validated; after validation they are swapped back.
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.render(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}", f"after epoch {trainer.current_epoch}")
 

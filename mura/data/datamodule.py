@@ -34,7 +34,7 @@ from mura.data.split import (
     split_table,
 )
 from mura.data.synthetic import choose_data_root, ensure_synthetic
-from mura.data.transforms import ResizeSquare, build_transforms
+from mura.data.transforms import RESIZE_MODES, ResizeSquare, build_transforms
 from mura.data.verify import find_unreadable
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ class MuraDataModule(pl.LightningDataModule):
         splits_dir: str | None = None,
     ):
         super().__init__()
+        if resize not in RESIZE_MODES:
+            raise MuraDataError(f"data.resize must be one of {RESIZE_MODES}, not {resize!r}")
         if cache and not cache_dir:
             raise MuraDataError("data.cache=true needs data.cache_dir: a folder outside data.root for the decoded images")
         self.root, self.synthetic = choose_data_root(root, synthetic)
@@ -277,7 +279,7 @@ class MuraDataModule(pl.LightningDataModule):
     def dataset(self, split: str, augment: bool) -> MuraImageDataset:
         frame = self.split_frame(split)
         if frame.empty:
-            raise MuraDataError(_empty_split_message(split, self.root, self.body_parts))
+            raise MuraDataError(_empty_split_message(split, self.root, self.body_parts, self.cv_folds))
         self._check_images((split,))  # a no-op for a split `setup` checked
         frame = self.split_frame(split)  # without the images a skip has just left out
         cache = self.image_cache(split) if self.cache else None
@@ -340,12 +342,15 @@ class MuraDataModule(pl.LightningDataModule):
             raise RuntimeError("MuraDataModule.setup() has not run yet")
 
 
-def _empty_split_message(split: str, root: str | None, body_parts: list[str]) -> str:
+def _empty_split_message(split: str, root: str | None, body_parts: list[str], cv_folds: int | None = None) -> str:
     if split == "test":
         return (
             f"{root}: there is nothing to test on: valid_image_paths.csv lists no images for {body_parts} "
             "(the official valid split is the test set)"
         )
+    if split == "val" and cv_folds:
+        return (f"{root}: this fold of {cv_folds} holds no validation images for {body_parts}: use fewer folds "
+                "(data.cv_folds), or more body parts")
     if split == "val":
         return f"{root}: the validation split is empty; raise data.val_fraction (now too small for {body_parts})"
     return f"{root}: the {split} split has no images for {body_parts}"

@@ -61,7 +61,7 @@ def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tupl
                 skipped.append((str(metrics_path), f"not a mura metrics file ({error!r})"))
                 continue
         overrides[str(run)] = _overrides(run)
-        rows.append({"run": str(run), "cv_fold": _fold(run), **_validation(run), **_test(study)})
+        rows.append({"run": str(run), **_fold(run), **_validation(run), **_test(study)})
     common = sorted(set.intersection(*(set(value) for value in overrides.values()))) if overrides else []
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -85,10 +85,13 @@ def sort_by_selection(table: pd.DataFrame) -> pd.DataFrame:
                              kind="stable").reset_index(drop=True)
 
 
-def _fold(run: Path) -> int | None:
-    """The cross-validation fold the run validated on (data.cv_fold of its config), or None."""
+def _fold(run: Path) -> dict:
+    """The cross-validation fold the run validated on and the number of folds (data.cv_fold, data.cv_folds of its
+    config), or None for each."""
     path = run / ".hydra" / "config.yaml"
-    return OmegaConf.select(OmegaConf.load(path), "data.cv_fold", default=None) if path.is_file() else None
+    config = OmegaConf.load(path) if path.is_file() else OmegaConf.create()
+    return {"cv_fold": OmegaConf.select(config, "data.cv_fold", default=None),
+            "cv_folds": OmegaConf.select(config, "data.cv_folds", default=None)}
 
 
 def cross_validation_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -98,9 +101,10 @@ def cross_validation_table(table: pd.DataFrame) -> pd.DataFrame:
     folds = table[table["cv_fold"].notna()] if "cv_fold" in table else table.iloc[0:0]
     if folds.empty:
         return pd.DataFrame()
-    setting = folds["settings"].str.replace(r"(^| )data\.cv_fold=\S+", "", regex=True).str.strip()
+    setting = folds["settings"].str.replace(r"(^| )\+{0,2}data\.cv_fold=\S+", "", regex=True).str.strip()
     grouped = folds.assign(setting=setting).groupby("setting", sort=False)
-    result = grouped.agg(folds=("cv_fold", "count"), val_kappa_mean=("val_study_kappa", "mean"),
+    result = grouped.agg(folds=("cv_fold", "nunique"), of=("cv_folds", "max"), runs=("cv_fold", "size"),
+                         val_kappa_mean=("val_study_kappa", "mean"),
                          val_kappa_sd=("val_study_kappa", "std"), val_auroc_mean=("val_study_auroc", "mean"),
                          val_auroc_sd=("val_study_auroc", "std"), epochs=("epochs", "mean")).reset_index()
     return result.sort_values("val_kappa_mean", ascending=False, kind="stable").reset_index(drop=True)
@@ -174,7 +178,10 @@ def summary_markdown(table: pd.DataFrame, common: list[str], skipped: list[tuple
                   "epoch, mean +- sd over folds; sorted by the mean kappa, never by test):", "",
                   pd.DataFrame({
                       "setting": cross_validation["setting"].replace("", "(shared settings)"),
-                      "folds": cross_validation["folds"],
+                      # "3 of 5": a sweep still running, or a fold that failed; "5 of 5 (6 runs)": a fold run twice
+                      "folds": [f"{done} of {int(of)}" + (f" ({runs} runs)" if runs != done else "")
+                                for done, of, runs in zip(cross_validation["folds"], cross_validation["of"],
+                                                          cross_validation["runs"], strict=True)],
                       "val study kappa": [f"{_number(m)} +- {_number(sd)}" for m, sd in
                                           zip(cross_validation["val_kappa_mean"], cross_validation["val_kappa_sd"], strict=True)],
                       "val study AUROC": [f"{_number(m)} +- {_number(sd)}" for m, sd in

@@ -8,6 +8,7 @@ train/eval mode it was found in (the library leaves it in eval mode).
 from __future__ import annotations
 
 import contextlib
+import math
 import textwrap
 from pathlib import Path
 
@@ -37,6 +38,21 @@ def _gradients_on(network: nn.Module):
         network.train(was_training)
 
 
+def _token_map(network: nn.Module):
+    """For a vision transformer (timm's ViTs: `num_prefix_tokens`), a function turning its tokens, B x (prefix +
+    H*W) x C, into the B x C x H x W map Grad-CAM weighs; None for convolutional networks, whose layers give maps."""
+    prefix = getattr(network, "num_prefix_tokens", None)
+    if prefix is None:
+        return None
+
+    def to_map(tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, prefix:, :]
+        side = math.isqrt(patches.shape[1])
+        return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
+
+    return to_map
+
+
 @contextlib.contextmanager
 def _no_autotuning():
     """cuDNN's autotuning off for the block, every other cuDNN setting as it was."""
@@ -56,7 +72,7 @@ def gradcam_maps(network: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, 
     with _gradients_on(network), _no_autotuning():
         # A fresh tensor: inference-mode tensors cannot take part in autograd.
         batch = images.detach().clone().to(device).requires_grad_(False)
-        with GradCAM(model=network, target_layers=[gradcam_layer(network)]) as cam:
+        with GradCAM(model=network, target_layers=[gradcam_layer(network)], reshape_transform=_token_map(network)) as cam:
             maps = cam(input_tensor=batch, targets=[BinaryClassifierOutputTarget(1)] * len(batch))
             probabilities = torch.sigmoid(cam.outputs.detach().float().squeeze(1)).cpu().numpy()
     return maps, probabilities

@@ -233,10 +233,11 @@ def preprocessing_contract(model: MuraClassifier, checkpoint_path: str | Path) -
             "dtype": "float32",
             "layout": "NCHW, one grayscale channel",
             "value_range": [0.0, 1.0],
+            "resize": hparams.resize,  # squash (stretch to the square) or pad (keep the aspect ratio, black margins)
         },
         "preprocessing_by_caller": [
             "decode to 8-bit grayscale (colour through PIL's convert('L'); 16-bit windowed to its own min-max)",
-            _resize_step(hparams.get("resize", "squash"), size),
+            _resize_step(hparams.resize, size),
             "divide by 255 (float32)",
         ],
         "preprocessing_in_model": {

@@ -71,6 +71,7 @@ def predict_images(
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["image_idx", "study_idx", "patient", "body_part", "label", "probability"])
     # The loader fills its last batch with repeated images (one batch shape): each image counts once.
     frame = frame.drop_duplicates("image_idx", ignore_index=True)
+    skipped = list(dict.fromkeys(skipped))
     frame["logit"] = _logit(frame["probability"].to_numpy(dtype=np.float64))
     return frame, skipped
 

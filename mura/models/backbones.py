@@ -91,7 +91,7 @@ def build_backbone(
 ) -> nn.Module:
     """A network mapping N x in_channels x H x W images to N x 1 logits."""
     if name.startswith(TIMM_PREFIX):
-        return build_timm(name.removeprefix(TIMM_PREFIX), in_channels, pretrained, weights_path)
+        return build_timm(name.removeprefix(TIMM_PREFIX), in_channels, image_size, pretrained, weights_path)
     if name not in BACKBONES:
         raise ConfigError(f"model.backbone must be one of {BACKBONES} or timm/<name> (any model of timm), not {name!r}")
     if name == "seed_cnn" or name == "densenet_small":
@@ -123,28 +123,33 @@ def build_backbone(
     return model
 
 
-def build_timm(name: str, in_channels: int, pretrained: bool, weights_path: str | None) -> nn.Module:
+def build_timm(name: str, in_channels: int, image_size: int, pretrained: bool, weights_path: str | None) -> nn.Module:
     """A timm model with one output for `in_channels` inputs (timm adapts the first convolution of pretrained
     weights itself). Pretrained weights: timm's own loading (online, or already in its cache); offline, a state dict
-    of the ImageNet model from `weights_path`, loaded strictly, then given the one-logit head and input channels."""
+    of the ImageNet model from `weights_path`, loaded strictly, then given the one-logit head and input channels.
+    Models built for one input size (vision transformers) are built for `image_size`."""
     import timm  # imported here: only timm backbones pay for its import
+    from timm.models import get_pretrained_cfg
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise ConfigError(f"timm has no model {name!r} (model.backbone=timm/{name}); similar: {', '.join(close) or 'none'}")
     if pretrained and weights_path:
         raise ConfigError("set model.pretrained=true or model.weights_path=FILE, not both")
+    config = get_pretrained_cfg(name)
+    size = {"img_size": image_size} if config is not None and config.fixed_input_size else {}
     if pretrained:
         try:
-            return timm.create_model(name, pretrained=True, num_classes=1, in_chans=in_channels)
+            return timm.create_model(name, pretrained=True, num_classes=1, in_chans=in_channels, **size)
         except Exception as error:  # noqa: BLE001 - hub, network and file errors all mean "no weights here"
             raise ConfigError(
                 f"could not load timm's pretrained weights for {name} ({type(error).__name__}: {error}). Offline, save "
-                f"the ImageNet model's state dict elsewhere and pass model.weights_path=FILE, or model.pretrained=false"
+                "the ImageNet model's state dict elsewhere and pass model.pretrained=false model.weights_path=FILE, or "
+                "train from scratch with model.pretrained=false"
             ) from None
     if weights_path is None:
-        return timm.create_model(name, pretrained=False, num_classes=1, in_chans=in_channels)
-    model = timm.create_model(name, pretrained=False)  # the file's own shape: ImageNet head, three channels
+        return timm.create_model(name, pretrained=False, num_classes=1, in_chans=in_channels, **size)
+    model = timm.create_model(name, pretrained=False, **size)  # the file's own shape: ImageNet head, three channels
     _load_strictly(model, _read_state_dict(weights_path), weights_path)
     model.reset_classifier(1)
     if in_channels != 3:

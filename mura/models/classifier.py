@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -230,9 +231,12 @@ class MuraClassifier(pl.LightningModule):
             return optimizer
         interval = self.hparams.scheduler_interval
         if interval == "step":
-            total_steps = int(self.trainer.estimated_stepping_batches)
-            length = {"total_steps": total_steps, "steps_per_epoch": max(1, total_steps // max(1, self.trainer.max_epochs))}
-            scheduler = self.scheduler_factory(optimizer=optimizer, **length)
+            total_steps = self.trainer.estimated_stepping_batches  # also sets up the training loader
+            if not math.isfinite(total_steps):
+                raise ValueError("a schedule stepped per step needs a length: set trainer.max_epochs or trainer.max_steps")
+            per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(total_steps),
+                                               steps_per_epoch=max(1, min(per_epoch, int(total_steps))))
         elif interval == "epoch":
             scheduler = self.scheduler_factory(optimizer=optimizer)
         else:
@@ -251,6 +255,12 @@ class MuraClassifier(pl.LightningModule):
         checkpoint["mura"] = {"version": __version__, "format": CHECKPOINT_FORMAT, "rng": rng}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
+            # Testing or validating a checkpoint of a run with weight averaging: its state_dict holds the averaged
+            # weights, which are the ones to score. An EMAWeightAveraging callback left over from fitting would
+            # otherwise load the raw weights (current_model_state) over them, being called after this hook.
+            checkpoint.pop("current_model_state", None)
+            checkpoint.pop("averaging_state", None)
         rng = checkpoint.get("mura", {}).get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
