@@ -3,7 +3,9 @@
 # on one H100; not yet run on one):
 #   1. the GPU-only tests (tests/test_cuda.py: device augmentation CUDA vs CPU, a bf16 fast-path training run);
 #   2. `python -m mura.bench bench_preset=gpu`: synthetic PNGs with MURA's longest side (512), DenseNet-169 at
-#      320 px, the paper's recipe against ours, then the tries (fused Adam, batch 256, CUDA graphs), one table.
+#      320 px, the paper's recipe against ours; a profile of fit's training step by phase; the time a real
+#      `mura.train experiment=wrist` takes to its first step, first epoch and first Grad-CAM gallery; then the
+#      tries (fused Adam, batch 256, CUDA graphs, mura.evaluate's path), one table each.
 # bench.json, the table and the logs (5 files) land in $OUT (the device tool's output folder) or outputs/bench_gpu.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh       # here, with a registry: the packages the GPU image lacks -> .whl/

@@ -1,5 +1,6 @@
 """python -m mura.bench: data pipeline, model-only training, end-to-end fit and inference throughput,
-the paper's recipe (baseline) against ours, with peak GPU memory; writes bench.json (see conf/bench.yaml)."""
+the paper's recipe (baseline) against ours, with peak GPU memory; then the time a real `mura.train` takes to its
+first step, first epoch and first Grad-CAM gallery; writes bench.json (see conf/bench.yaml)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from mura.app.errors import exit_on_user_error
 from mura.app.run_start import start_run
 from mura.benchmarking import measurements
+from mura.benchmarking.startup import measure_startup
+from mura.benchmarking.step_profile import measure_profile
 from mura.data.index import refuse_writes_inside
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic
 from mura.inference.predictor import pick_device
@@ -30,6 +33,8 @@ def device_name(device: torch.device) -> str:
 
 
 MAIN_KINDS = ("data", "train", "fit", "infer")
+STARTUP = "startup"  # ours only, in a table of its own: seconds, not images per second
+PROFILE = "profile"  # ours only, fit's settings: milliseconds per step by phase, in a table of its own
 
 
 def run_bench(cfg: DictConfig) -> dict:
@@ -58,9 +63,16 @@ def run_bench(cfg: DictConfig) -> dict:
                                                                   recipe_name=recipe, **settings, **common),
         "evaluate": lambda recipe, settings: measurements.measure_evaluation(root, recipe, cfg.backbone, workers=cfg.workers,
                                                                       cache_dir=cache_dir, **settings, **common),
+        STARTUP: lambda recipe, settings: measure_startup(root, cache_dir, Path(cfg.paths.output_dir), **settings),
+        PROFILE: lambda recipe, settings: measure_profile(root, recipe, cfg.backbone, workers=cfg.workers, cache_dir=cache_dir,
+                                                          **settings, **common),
     }
     plan = [(kind, recipe, None, _settings(cfg, kind, recipe)) for recipe in ("baseline", "ours") for kind in MAIN_KINDS
             if kind in cfg.runs]
+    if PROFILE in cfg.runs:
+        plan.append((PROFILE, "ours", None, {**_settings(cfg, "fit", "ours"), **OmegaConf.to_container(cfg.profile, resolve=True)}))
+    if STARTUP in cfg.runs:
+        plan.append((STARTUP, "ours", None, OmegaConf.to_container(cfg.startup, resolve=True)))
     for name, try_settings in (cfg.get("tries") or {}).items():
         settings = OmegaConf.to_container(try_settings, resolve=True)
         kind = settings.pop("kind")
@@ -100,7 +112,7 @@ def _settings(cfg: DictConfig, kind: str, recipe: str) -> dict:
 
 def bench_table(result: dict) -> str:
     """The recipes side by side, then each try against `ours` of its kind, then what was not measured."""
-    frame = pd.DataFrame(result["rows"])
+    frame = pd.DataFrame([row for row in result["rows"] if row["kind"] in MAIN_KINDS])
     lines = [f"device: {result['device']}"]
     if not frame.empty:
         variant = frame["config"].map(lambda config: config.get("variant"))
@@ -120,10 +132,39 @@ def bench_table(result: dict) -> str:
                 "try": variant[variant.notna()], "kind": tries["kind"], "img/s": tries["images_per_s"],
                 "vs ours": (tries["images_per_s"] / tries["kind"].map(ours)).round(2), "peak GiB": tries["peak_mem_gib"],
             }).to_markdown(index=False))
+    for row in result["rows"]:
+        if row["kind"] == PROFILE:
+            lines.append("\n" + profile_table(row))
+        if row["kind"] == STARTUP:
+            lines.append("\n" + startup_table(row))
     for missing in result["not_measured"]:
         name = "/".join(part for part in (missing["kind"], missing["recipe"], missing["variant"]) if part)
         lines.append(f"not measured: {name}: {missing['reason']}")
     return "\n".join(lines)
+
+
+def profile_table(row: dict) -> str:
+    """A steady-state training step of fit (ours), by phase (mura/benchmarking/step_profile.py)."""
+    phases = pd.Series(row["phases_ms_per_step"])
+    title = (f"profile: one training step of fit (ours, batch {row['config']['batch_size']}), phases timed between device "
+             f"synchronisations ({row['images_per_s']} img/s profiled; the fit row is the unprofiled speed)")
+    return title + "\n" + pd.DataFrame({"ms per step": phases, "share": (phases / phases.sum()).map("{:.1%}".format)}).to_markdown()
+
+
+def startup_table(row: dict) -> str:
+    """The time-to-first-result figures of one measured `mura.train` run, each beside issue #11's goal."""
+    figures = [
+        ("process start to first optimizer step (s)", row["first_step_s"], "<= 15"),
+        ("epoch 0 training (s)", row["first_epoch_train_s"], ""),
+        ("later epoch training, median (s)", row["steady_epoch_train_s"], ""),
+        ("epoch 0 / later epoch", row["first_epoch_vs_steady"], "<= 1.5"),
+        ("first Grad-CAM gallery (s)", row["first_gallery_s"], "<= 5"),
+        ("later gallery, median (s)", row["later_gallery_s"], "<= 5"),
+        ("validation / later epoch training", row["validation_vs_steady_epoch"], "<= 0.1"),
+        ("whole run, wall (s)", row["wall_s"], ""),
+    ]
+    table = pd.DataFrame(figures, columns=["startup: mura.train " + " ".join(row["config"]["overrides"]), "measured", "goal"])
+    return table.to_markdown(index=False)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")

@@ -22,6 +22,7 @@ from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
 from mura.callbacks.artifacts import finish_tracking, log_config
 from mura.callbacks.gradcam import GradCamGallery
+from mura.callbacks.timing import RunTimings
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
 from mura.data.index import BODY_PARTS, refuse_writes_inside
 from mura.evaluation.metrics import LOGGED_METRICS
@@ -95,6 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         (output_dir / "selection.json").write_text(json.dumps(
             {"metric": cfg.selection.metric, "mode": cfg.selection.mode, **record}, indent=2))
     report_skipped(sorted(set(model.all_skipped_images()) | set(datamodule.skipped)), output_dir, trainer.is_global_zero)
+    write_timings(trainer, output_dir)
     finish_tracking(trainer.loggers, output_dir, trainer.global_step)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Lightning leaves the process group up; tearing it down here keeps gloo's threads from aborting at exit.
@@ -152,6 +154,15 @@ def draw_final_galleries(trainer: pl.Trainer, model: pl.LightningModule, selecte
     for callback in trainer.callbacks:
         if isinstance(callback, GradCamGallery):
             callback.render(trainer, model, "final", when)
+
+
+def write_timings(trainer: pl.Trainer, output_dir: Path) -> None:
+    """<run>/timings.json and one log line: the time to the first step, epoch 0 against a later one, the galleries."""
+    timings = next((callback for callback in trainer.callbacks if isinstance(callback, RunTimings)), None)
+    if timings is None or not trainer.is_global_zero:
+        return
+    (output_dir / "timings.json").write_text(json.dumps(timings.summary(), indent=2))
+    log.info("timings: %s (timings.json)", timings.describe())
 
 
 def refuse_to_overwrite(checkpoint_dir: Path, ckpt_path: str | None) -> None:

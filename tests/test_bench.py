@@ -5,11 +5,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_config
 from mura.bench import bench_table, run_bench
-from mura.benchmarking import measurements
+from mura.benchmarking import measurements, step_profile
 from mura.data.synthetic import SyntheticConfig, plan_release
 
 TINY_BENCH = ["image_size=32", "workers=0", "data.batch_size=8", "train.steps=1", "fit.batches=1", "fit.warmup=1",
@@ -21,7 +22,7 @@ TRIES = ["+tries.graph={kind: train, cuda_graph: true}", "+tries.fit_fused={kind
 
 def test_bench_writes_every_row_in_the_schema(synthetic_root: Path, tmp_path: Path):
     cfg = compose_config([f"data_root={synthetic_root}", f"paths.output_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}",
-                          *TINY_BENCH, *TRIES], config_name="bench")
+                          *TINY_BENCH, *TRIES, "runs=[data,train,fit,infer]"], config_name="bench")
     result = run_bench(cfg)
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written == result
@@ -59,6 +60,56 @@ def test_a_failing_measurement_is_reported_and_the_others_still_run(synthetic_ro
     (failed,) = result["not_measured"]
     assert (failed["kind"], failed["recipe"]) == ("train", "baseline") and failed["reason"]
     assert json.loads((tmp_path / "bench.json").read_text()) == result
+
+
+@pytest.mark.slow
+def test_startup_runs_the_real_train_command_and_reports_time_to_first_step_epochs_and_galleries(synthetic_root: Path, tmp_path: Path):
+    train_overrides = ["experiment=demo", "data.image_size=32", "data.num_workers=0", "trainer.max_epochs=3",
+                       "callbacks.gradcam.every_n_epochs=1", "callbacks.gradcam.studies_per_class=1"]
+    overrides = ["startup.overrides=[" + ",".join(f"'{override}'" for override in train_overrides) + "]"]
+    cfg = compose_config([f"data_root={synthetic_root}", f"paths.output_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}",
+                          "runs=[startup]", *overrides], config_name="bench")
+    result = run_bench(cfg)
+    assert result["not_measured"] == []
+    (row,) = result["rows"]
+    assert row["kind"] == "startup"
+    # The cache was built by the unmeasured run, in the bench's cache folder, not by the measured one.
+    assert any((tmp_path / "cache").iterdir())
+    assert 0 < row["first_step_s"] < row["wall_s"]
+    assert [epoch["epoch"] for epoch in row["epochs"]] == [0, 1, 2]
+    assert row["first_epoch_vs_steady"] == pytest.approx(row["first_epoch_train_s"] / row["steady_epoch_train_s"], abs=0.01)
+    assert row["first_gallery_s"] > 0 and row["later_gallery_s"] > 0 and row["validation_vs_steady_epoch"] > 0
+    measured = Path(row["config"]["run_dir"])
+    assert measured.parent.parent == tmp_path and (measured / "timings.json").is_file()
+    table = bench_table(result)
+    assert "process start to first optimizer step" in table and "<= 15" in table
+
+
+def test_profile_splits_a_training_step_into_phases_that_add_up_to_it(synthetic_root: Path, tmp_path: Path):
+    cfg = compose_config([f"data_root={synthetic_root}", f"paths.output_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}",
+                          *TINY_BENCH, "runs=[profile]", "profile.batches=2", "profile.warmup=1",
+                          "fit.ours.augment_on_device=true"], config_name="bench")
+    result = run_bench(cfg)
+    assert result["not_measured"] == []
+    (row,) = result["rows"]
+    phases = row["phases_ms_per_step"]
+    assert {"loader wait", "host to device", "augmentation (device)", "forward", "loss", "backward", "zero_grad",
+            "optimizer step", "metric store", "self.log", step_profile.OTHER} <= set(phases)
+    assert all(milliseconds >= 0 for milliseconds in phases.values())
+    assert phases["forward"] > 0 and phases["backward"] > 0
+    # The phases partition the timed steps: no time counted twice (nested phases are exclusive), none outside them.
+    timed_ms = 1000 * row["config"]["timed_batches"] * cfg.fit.ours.batch_size / row["images_per_s"]
+    assert sum(phases.values()) * row["config"]["timed_batches"] == pytest.approx(timed_ms, rel=0.02)
+    assert "| forward" in bench_table(result)
+
+
+@pytest.mark.parametrize("preset", [[], ["bench_preset=gpu"]])
+def test_bench_configs_have_images_for_every_timed_batch(preset: list[str]):
+    cfg = compose_config(preset, config_name="bench")
+    images, _ = plan_release(SyntheticConfig(**OmegaConf.to_container(cfg.synthetic)))
+    train_images = sum(spec.relative_path.startswith("train/") for spec in images)
+    batches = max(cfg.fit.warmup + cfg.fit.batches, cfg.profile.warmup + cfg.profile.batches)
+    assert train_images >= batches * cfg.fit.ours.batch_size
 
 
 def test_gpu_preset_names_only_real_settings_and_has_images_for_every_timed_batch():

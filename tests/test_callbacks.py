@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +89,12 @@ def test_gallery_takes_more_studies_per_part_and_caps_each_class_over_the_parts(
     for label in (0, 1):
         parts = [part for part, chosen_label, _ in capped if chosen_label == label]
         assert parts == sorted(BODY_PARTS) + sorted(BODY_PARTS)[:2]
+
+
+def test_process_start_time_is_when_the_process_began_not_when_mura_was_imported():
+    code = "import time; time.sleep(1.0); from mura.callbacks.timing import process_start_time; print(process_start_time())"
+    launched = time.time()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    started = float(result.stdout)
+    # /proc counts in 10 ms ticks; the second's sleep before the import must not count.
+    assert launched - 0.05 < started < launched + 0.5

@@ -62,6 +62,16 @@ def test_training_run_writes_the_whole_run_folder(trained_run):
     checkpoint = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["mura"]["format"] == 1
     assert "criterion.w_abnormal" in checkpoint["state_dict"]
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["origin"] == "process start"  # Linux: counted from the interpreter's start, imports included
+    assert 0 < timings["fit_start_s"] < timings["first_step_s"]
+    assert [epoch["epoch"] for epoch in timings["epochs"]] == [0, 1]
+    assert all(epoch["train_s"] > 0 and epoch["val_s"] > 0 and epoch["gallery_s"] > 0 for epoch in timings["epochs"])
+    # An epoch's parts add up: its gallery is counted once, apart from validation.
+    for epoch in timings["epochs"]:
+        assert epoch["train_s"] + epoch["val_s"] + epoch["gallery_s"] == pytest.approx(epoch["total_s"], abs=0.05)
+    assert [gallery["gallery"] for gallery in timings["galleries"]] == ["epoch_000", "epoch_001", "final"]
+    assert timings["first_epoch_vs_steady"] == pytest.approx(timings["first_epoch_train_s"] / timings["steady_epoch_train_s"], abs=0.01)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from mura.models.loss import weighted_bce_with_logits
 log = logging.getLogger(__name__)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -46,7 +46,7 @@ def row(kind: str, recipe: str, images: int, seconds: float, device: torch.devic
 # -- (a) the input pipeline --------------------------------------------------------------------------------
 
 
-def _train_loader_datamodule(
+def train_loader_datamodule(
     root: Path, image_size: int, channels: int, batch_size: int, workers: int, device: torch.device,
     cache: bool, augment_on_device: bool, cache_dir: Path, persistent_workers: bool = False,
 ) -> MuraDataModule:
@@ -70,7 +70,7 @@ def measure_data(
     whole batches there; on a CPU the workers augment (they are the cores a batched warp would use)."""
     ours = recipe_name == "ours"
     on_device = ours and device.type == "cuda"
-    datamodule = _train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=ours,
+    datamodule = train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=ours,
                                           augment_on_device=on_device, cache_dir=cache_dir)
     augment = DeviceAugmentation("paper", channels).to(device)  # what MuraClassifier.preprocess does
     _reset_peak(device)
@@ -79,7 +79,7 @@ def measure_data(
         tensor = batch["image"].to(device, non_blocking=True)
         if on_device:
             tensor = augment(tensor, augment.matrices(batch["augment_seed"].tolist()))
-        _sync(device)
+        synchronize(device)
         if number == warmup_batches - 1:
             started = time.perf_counter()
         elif number >= warmup_batches:
@@ -130,15 +130,17 @@ def measure_train_step(
         optimizer.zero_grad(set_to_none=True)
         step(batch)
 
-    run_step = _captured_step(step, eager_step, optimizer, images, warmup, device) if cuda_graph else eager_step
+    # Before a capture, not after: the graph's private memory pool is filled while it is captured, and a replay
+    # allocates nothing, so a peak taken from after the capture missed the activations (it read 0.67 GiB on an H100).
     _reset_peak(device)
+    run_step = _captured_step(step, eager_step, optimizer, images, warmup, device) if cuda_graph else eager_step
     started = None
     for number in range(warmup + steps):
         if number == warmup:
-            _sync(device)
+            synchronize(device)
             started = time.perf_counter()
         run_step(images)
-    _sync(device)
+    synchronize(device)
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,
               "precision": "bf16-mixed" if bf16 and device.type == "cuda" else "32-true", "channels_last": channels_last,
               "fused_adam": fused_adam, "cuda_graph": cuda_graph}
@@ -173,28 +175,53 @@ def _captured_step(step, eager_step, optimizer: torch.optim.Optimizer, example: 
 
 
 class _SteadyStateTimer(pl.Callback):
-    """Counts images per second over the training batches after the first `warmup`."""
+    """Images per second over the training batches after the first `warmup`, up to the end of the last one: the
+    epoch's end (its metrics report, the workers' shutdown) is a once-per-epoch cost, not the steady state."""
 
-    def __init__(self, warmup: int):
+    def __init__(self, warmup: int, last_batch: int):
         self.warmup = warmup
+        self.last_batch = last_batch
         self.started = None
+        self.ended = None
         self.images = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
-            _sync(pl_module.device)
+            synchronize(pl_module.device)
             self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx >= self.warmup:
             self.images += len(batch["label"])
+        if batch_idx == self.last_batch:
+            synchronize(pl_module.device)  # once, at the end: a synchronisation every step would slow the steps
+            self.ended = time.perf_counter()
 
-    def images_per_second(self, device: torch.device) -> tuple[int, float]:
-        if self.started is None:
-            raise ValueError(f"the epoch ended within the {self.warmup} warm-up batches: nothing was timed; "
-                             "lower fit.warmup or the batch size, or measure on more images")
-        _sync(device)
-        return self.images, time.perf_counter() - self.started
+    def images_per_second(self) -> tuple[int, float]:
+        if self.started is None or self.ended is None:
+            raise ValueError(f"the epoch ended before batch {self.last_batch}, or within the {self.warmup} warm-up "
+                             "batches: lower fit.warmup, fit.batches or the batch size, or measure on more images")
+        return self.images, self.ended - self.started
+
+
+def build_fit(
+    root: Path, backbone: str, image_size: int, channels: int, batch_size: int, workers: int, bf16: bool,
+    channels_last: bool, cache: bool, augment_on_device: bool, batches: int, warmup: int, device: torch.device,
+    cache_dir: Path, callback: pl.Callback, fused_adam: bool = False,
+) -> tuple[MuraDataModule, MuraClassifier, pl.Trainer]:
+    """The package's data module and model, and a one-epoch Trainer of `warmup + batches` training batches, no
+    validation: what the fit and profile measurements run, with their own callback."""
+    datamodule = train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=cache,
+                                         augment_on_device=augment_on_device, cache_dir=cache_dir)
+    model = MuraClassifier(backbone=backbone, in_channels=channels, image_size=image_size, channels_last=channels_last,
+                           optimizer=lambda params: torch.optim.Adam(params, lr=1e-4, fused=fused_adam or None), scheduler=None)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision="bf16-mixed" if bf16 and device.type == "cuda" else "32-true",
+        max_epochs=1, limit_train_batches=warmup + batches, limit_val_batches=0, num_sanity_val_steps=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        benchmark=device.type == "cuda", callbacks=[callback],
+    )
+    return datamodule, model, trainer
 
 
 def measure_fit(
@@ -202,20 +229,12 @@ def measure_fit(
     bf16: bool, channels_last: bool, cache: bool, augment_on_device: bool, batches: int, warmup: int,
     device: torch.device, cache_dir: Path, fused_adam: bool = False,
 ) -> dict:
-    datamodule = _train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=cache,
-                                          augment_on_device=augment_on_device, cache_dir=cache_dir)
-    model = MuraClassifier(backbone=backbone, in_channels=channels, image_size=image_size, channels_last=channels_last,
-                           optimizer=lambda params: torch.optim.Adam(params, lr=1e-4, fused=fused_adam or None), scheduler=None)
-    timer = _SteadyStateTimer(warmup)
-    trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision="bf16-mixed" if bf16 and device.type == "cuda" else "32-true",
-        max_epochs=1, limit_train_batches=warmup + batches, limit_val_batches=0, num_sanity_val_steps=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        benchmark=device.type == "cuda", callbacks=[timer],
-    )
+    timer = _SteadyStateTimer(warmup, last_batch=warmup + batches - 1)
+    datamodule, model, trainer = build_fit(root, backbone, image_size, channels, batch_size, workers, bf16, channels_last,
+                                           cache, augment_on_device, batches, warmup, device, cache_dir, timer, fused_adam)
     _reset_peak(device)
     trainer.fit(model, train_dataloaders=datamodule.train_dataloader())
-    images, seconds = timer.images_per_second(device)
+    images, seconds = timer.images_per_second()
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
               "precision": trainer.precision, "channels_last": channels_last, "cache": cache, "augment_on_device": augment_on_device,
               "fused_adam": fused_adam, "timed_batches": batches}
@@ -238,11 +257,11 @@ def measure_inference(
     with torch.inference_mode():
         for step in range(warmup + steps):
             if step == warmup:
-                _sync(device)
+                synchronize(device)
                 started = time.perf_counter()
             with autocast_bf16(device, bf16):
                 network(images)
-    _sync(device)
+    synchronize(device)
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,
               "precision": "bf16-mixed" if bf16 and device.type == "cuda" else "32-true", "channels_last": channels_last}
     return row("infer", recipe_name, steps * batch_size, time.perf_counter() - started, device, config)
@@ -255,7 +274,7 @@ def measure_evaluation(
     """What `mura.evaluate` does per model, over the official train split (the largest): decode the PNGs (or read
     the cache and normalise uint8 batches on the device), batch, move, predict, tabulate. The second of two passes
     is timed: the first warms cuDNN and the page cache, and the workers persist (their start is not counted)."""
-    datamodule = _train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=cache,
+    datamodule = train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=cache,
                                           augment_on_device=cache, cache_dir=cache_dir, persistent_workers=workers > 0)
     model = MuraClassifier(backbone=backbone, in_channels=channels, image_size=image_size, channels_last=channels_last)
     model = model.to(device).eval()

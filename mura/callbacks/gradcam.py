@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from itertools import zip_longest
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from mura.callbacks.artifacts import RunFile, publish
+from mura.callbacks.timing import RunTimings
 from mura.data.images import load_grayscale
 from mura.inference.explain import save_figure, study_heatmap_figure
 
@@ -65,6 +67,7 @@ class GradCamGallery(pl.Callback):
     def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: str, when: str) -> list[Path]:
         if not trainer.is_global_zero or not self.gallery:
             return []
+        started = time.perf_counter()
         datamodule = trainer.datamodule
         transform = pl_module.eval_transform()  # the checkpoint's own preprocessing (recipe, size, resize mode)
         written = []
@@ -80,5 +83,9 @@ class GradCamGallery(pl.Callback):
             save_figure(figure, self.output_dir / folder / f"{name}.png")
             written.append(RunFile(self.output_dir.parent, f"{self.output_dir.name}/{folder}/{name}.png", f"gradcam/{name}"))
         publish(trainer.loggers, written, trainer.global_step)
-        log.info("Grad-CAM gallery: %d studies in %s", len(written), self.output_dir / folder)
+        seconds = time.perf_counter() - started
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunTimings):
+                callback.record_gallery(folder, trainer.current_epoch, seconds)
+        log.info("Grad-CAM gallery: %d studies in %s (%.1f s)", len(written), self.output_dir / folder, seconds)
         return [file.path for file in written]
