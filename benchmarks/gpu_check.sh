@@ -6,7 +6,8 @@
 #      320 px, the paper's recipe against ours; a profile of fit's training step by phase; the time a real
 #      `mura.train experiment=wrist` takes to its first step, first epoch and first Grad-CAM gallery; then the
 #      tries (fused Adam, batch 256, CUDA graphs, mura.evaluate's path), one table each.
-# bench.json, the table and the logs (5 files) land in $OUT (the device tool's output folder) or outputs/bench_gpu.
+# bench.json, the table, the logs and the startup run's timings.json and train.log (7 files) land in $OUT (the
+# device tool's output folder) or outputs/bench_gpu.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh       # here, with a registry: the packages the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_check.sh [OVERRIDES]  # there; extra arguments are Hydra overrides for mura.bench

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
@@ -73,16 +75,36 @@ def test_startup_runs_the_real_train_command_and_reports_time_to_first_step_epoc
     assert result["not_measured"] == []
     (row,) = result["rows"]
     assert row["kind"] == "startup"
-    # The cache was built by the unmeasured run, in the bench's cache folder, not by the measured one.
-    assert any((tmp_path / "cache").iterdir())
+    # The cache was built by the unmeasured run, in the bench's cache folder, before the measured one started.
+    cache_files = [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
+    assert cache_files and max(path.stat().st_mtime for path in cache_files) < row["config"]["launched"]
+    assert row["origin"] == "process start"  # its own process: interpreter start and imports count
     assert 0 < row["first_step_s"] < row["wall_s"]
     assert [epoch["epoch"] for epoch in row["epochs"]] == [0, 1, 2]
     assert row["first_epoch_vs_steady"] == pytest.approx(row["first_epoch_train_s"] / row["steady_epoch_train_s"], abs=0.01)
     assert row["first_gallery_s"] > 0 and row["later_gallery_s"] > 0 and row["validation_vs_steady_epoch"] > 0
-    measured = Path(row["config"]["run_dir"])
-    assert measured.parent.parent == tmp_path and (measured / "timings.json").is_file()
+    # Only the measured run's timings and log are kept; its checkpoints and galleries were scratch.
+    assert sorted(path.name for path in (tmp_path / "startup").iterdir()) == ["timings.json", "train.log"]
+    assert not list(tmp_path.rglob("*.ckpt"))
     table = bench_table(result)
     assert "process start to first optimizer step" in table and "<= 15" in table
+
+
+def test_phase_clock_charges_nested_phases_exclusively_and_only_while_recording():
+    clock = step_profile.PhaseClock(torch.device("cpu"))
+    inner = clock.timed("inner", lambda: time.sleep(0.1))
+
+    def outer_body():
+        time.sleep(0.05)
+        inner()
+
+    outer = clock.timed("outer", outer_body)
+    outer()
+    assert dict(clock.seconds) == {}
+    clock.recording = True
+    outer()
+    assert clock.seconds["inner"] == pytest.approx(0.1, abs=0.03)
+    assert clock.seconds["outer"] == pytest.approx(0.05, abs=0.03)
 
 
 def test_profile_splits_a_training_step_into_phases_that_add_up_to_it(synthetic_root: Path, tmp_path: Path):
@@ -93,7 +115,7 @@ def test_profile_splits_a_training_step_into_phases_that_add_up_to_it(synthetic_
     assert result["not_measured"] == []
     (row,) = result["rows"]
     phases = row["phases_ms_per_step"]
-    assert {"loader wait", "host to device", "augmentation (device)", "forward", "loss", "backward", "zero_grad",
+    assert {"loader wait", "augmentation parameters (host)", "host to device", "augmentation (device)", "forward", "loss", "backward", "zero_grad",
             "optimizer step", "metric store", "self.log", step_profile.OTHER} <= set(phases)
     assert all(milliseconds >= 0 for milliseconds in phases.values())
     assert phases["forward"] > 0 and phases["backward"] > 0

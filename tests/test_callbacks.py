@@ -13,6 +13,7 @@ from PIL import Image
 
 from mura.callbacks.curves import draw_curves, overfitting_onset
 from mura.callbacks.gradcam import choose_gallery_studies
+from mura.callbacks.timing import RunTimings
 from mura.data.index import BODY_PARTS
 from mura.inference.explain import gradcam_maps
 from mura.models.backbones import build_backbone
@@ -98,3 +99,11 @@ def test_process_start_time_is_when_the_process_began_not_when_mura_was_imported
     started = float(result.stdout)
     # /proc counts in 10 ms ticks; the second's sleep before the import must not count.
     assert launched - 0.05 < started < launched + 0.5
+
+
+def test_a_second_run_in_one_process_counts_from_its_own_start():
+    RunTimings()  # the process's first run (or a later one, if another test made the first)
+    before = time.perf_counter()
+    later = RunTimings()
+    assert later.origin == "run start"
+    assert before <= later.origin_time <= time.perf_counter()

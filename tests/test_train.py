@@ -63,14 +63,20 @@ def test_training_run_writes_the_whole_run_folder(trained_run):
     assert checkpoint["mura"]["format"] == 1
     assert "criterion.w_abnormal" in checkpoint["state_dict"]
     timings = json.loads((tmp_path / "timings.json").read_text())
-    assert timings["origin"] == "process start"  # Linux: counted from the interpreter's start, imports included
-    assert 0 < timings["fit_start_s"] < timings["first_step_s"]
+    # In this process (pytest) the run counts from its own start unless it is the process's first; a command's run
+    # counts from the process start (tests/test_bench.py, the startup measurement).
+    assert timings["origin"] in {"process start", "run start"}
+    assert 0 <= timings["fit_start_s"] < timings["first_step_s"]
     assert [epoch["epoch"] for epoch in timings["epochs"]] == [0, 1]
-    assert all(epoch["train_s"] > 0 and epoch["val_s"] > 0 and epoch["gallery_s"] > 0 for epoch in timings["epochs"])
-    # An epoch's parts add up: its gallery is counted once, apart from validation.
     for epoch in timings["epochs"]:
-        assert epoch["train_s"] + epoch["val_s"] + epoch["gallery_s"] == pytest.approx(epoch["total_s"], abs=0.05)
-    assert [gallery["gallery"] for gallery in timings["galleries"]] == ["epoch_000", "epoch_001", "final"]
+        assert epoch["train_s"] > 0 and epoch["val_s"] > 0 and epoch["figures_s"] > 0 and epoch["other_s"] >= 0
+        # An epoch's parts add up to it: each figure counted once, apart from validation.
+        parts = epoch["train_s"] + epoch["val_s"] + epoch["figures_s"] + epoch["other_s"]
+        assert parts == pytest.approx(epoch["total_s"], abs=0.01)
+    figures = [(figure["kind"], figure["name"], figure["epoch"]) for figure in timings["figures"]]
+    # Galleries are drawn at the validation epoch's end, curves at validation's end, the final gallery after fit.
+    assert figures == [("gallery", "epoch_000", 0), ("curves", "curves.png", 0), ("gallery", "epoch_001", 1),
+                       ("curves", "curves.png", 1), ("gallery", "final", 2)]
     assert timings["first_epoch_vs_steady"] == pytest.approx(timings["first_epoch_train_s"] / timings["steady_epoch_train_s"], abs=0.01)
 
 

@@ -130,10 +130,11 @@ def measure_train_step(
         optimizer.zero_grad(set_to_none=True)
         step(batch)
 
-    # Before a capture, not after: the graph's private memory pool is filled while it is captured, and a replay
-    # allocates nothing, so a peak taken from after the capture missed the activations (it read 0.67 GiB on an H100).
-    _reset_peak(device)
-    run_step = _captured_step(step, eager_step, optimizer, images, warmup, device) if cuda_graph else eager_step
+    if cuda_graph:
+        run_step = _captured_step(step, eager_step, optimizer, images, warmup, device)  # resets the peak itself
+    else:
+        _reset_peak(device)
+        run_step = eager_step
     started = None
     for number in range(warmup + steps):
         if number == warmup:
@@ -159,6 +160,10 @@ def _captured_step(step, eager_step, optimizer: torch.optim.Optimizer, example: 
         for _ in range(max(warmup, 3)):
             eager_step(static_input)
     torch.cuda.current_stream(device).wait_stream(side)
+    # The peak is taken from here, between the eager warm-up and the capture: the graph's private memory pool fills
+    # while it is captured and a replay allocates nothing, so a peak reset after the capture missed the activations
+    # (it read 0.67 GiB on an H100), and one reset before the warm-up would report the eager steps' peak.
+    _reset_peak(device)
     graph = torch.cuda.CUDAGraph()
     optimizer.zero_grad(set_to_none=True)
     with torch.cuda.graph(graph):
@@ -185,14 +190,14 @@ class _SteadyStateTimer(pl.Callback):
         self.ended = None
         self.images = 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            synchronize(pl_module.device)
-            self.started = time.perf_counter()
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx >= self.warmup:
             self.images += len(batch["label"])
+        # From the end of the last warm-up step: a batch's loading and transfer come before its on_train_batch_start,
+        # so starting there would time one load fewer than steps.
+        if batch_idx == self.warmup - 1:
+            synchronize(pl_module.device)
+            self.started = time.perf_counter()
         if batch_idx == self.last_batch:
             synchronize(pl_module.device)  # once, at the end: a synchronisation every step would slow the steps
             self.ended = time.perf_counter()

@@ -115,6 +115,7 @@ def instrument(model: MuraClassifier, clock: PhaseClock) -> None:
     """Wrap the module's own parts in phases (instance attributes: the class and other instances are untouched).
     The optimizer step's own time is Adam's update and Lightning's closure plumbing: the training step, zero_grad
     and backward run inside it and are charged to themselves."""
+    model.on_before_batch_transfer = clock.timed("augmentation parameters (host)", model.on_before_batch_transfer)
     model.transfer_batch_to_device = clock.timed("host to device", model.transfer_batch_to_device)
     model.preprocess = clock.timed("augmentation (device)", model.preprocess)
     model.network.forward = clock.timed("forward", model.network.forward)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 from matplotlib.figure import Figure
+
+from mura.callbacks.timing import record_drawing
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class LearningCurves(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        started = time.perf_counter()
         metrics = trainer.callback_metrics
         row = {"epoch": trainer.current_epoch}
         for template in RECORDED:
@@ -59,6 +63,7 @@ class LearningCurves(pl.Callback):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "history.json").write_text(json.dumps(self.history, indent=2))
         draw_curves(self.history, self.output_dir / "curves.png", self.patience)
+        record_drawing(trainer, "curves", "curves.png", started)
 
     def state_dict(self) -> dict:
         return {"history": self.history}

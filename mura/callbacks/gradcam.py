@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from mura.callbacks.artifacts import RunFile, publish
-from mura.callbacks.timing import RunTimings
+from mura.callbacks.timing import record_drawing
 from mura.data.images import load_grayscale
 from mura.inference.explain import save_figure, study_heatmap_figure
 
@@ -83,9 +83,6 @@ class GradCamGallery(pl.Callback):
             save_figure(figure, self.output_dir / folder / f"{name}.png")
             written.append(RunFile(self.output_dir.parent, f"{self.output_dir.name}/{folder}/{name}.png", f"gradcam/{name}"))
         publish(trainer.loggers, written, trainer.global_step)
-        seconds = time.perf_counter() - started
-        for callback in trainer.callbacks:
-            if isinstance(callback, RunTimings):
-                callback.record_gallery(folder, trainer.current_epoch, seconds)
-        log.info("Grad-CAM gallery: %d studies in %s (%.1f s)", len(written), self.output_dir / folder, seconds)
+        record_drawing(trainer, "gallery", folder, started)
+        log.info("Grad-CAM gallery: %d studies in %s (%.1f s)", len(written), self.output_dir / folder, time.perf_counter() - started)
         return [file.path for file in written]

@@ -1,6 +1,7 @@
-"""Where a run's time goes before and between the steady epochs: process start to the first optimizer step, each
-epoch's training and validation, each Grad-CAM gallery. `mura.train` writes it to <run>/timings.json and logs a
-line; `python -m mura.bench runs=[startup]` reads it (issue #11's time-to-first-result goals)."""
+"""Where a run's time goes before and between the steady epochs: start to the first optimizer step, each epoch's
+training, validation, figures (Grad-CAM galleries, learning curves) and the rest (checkpoints, early stopping).
+`mura.train` writes it to <run>/timings.json and logs a line; `python -m mura.bench runs=[startup]` reads it (issue
+#11's time-to-first-result goals)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
+_process_start_claimed = False  # the process start is the first run's origin only (see RunTimings)
+
 
 def process_start_time() -> float | None:
     """The wall-clock time this process started, from Linux's /proc (10 ms resolution); None elsewhere. Counting from
@@ -28,86 +31,131 @@ def process_start_time() -> float | None:
     return time.time() - (uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
 
 
+def _overlap(start: float, end: float, windows: list[tuple[float, float]]) -> float:
+    return sum(max(0.0, min(end, window_end) - max(start, window_start)) for window_start, window_end in windows)
+
+
 class RunTimings(pl.Callback):
-    """Wall-clock marks of one fit. The first step is timed to its end on the device (one synchronisation, once);
-    an epoch's validation time excludes the Grad-CAM gallery drawn inside it, which is reported on its own."""
+    """Marks of one fit, on the monotonic clock. The origin is the process start for the first run of a process
+    (`python -m mura.train`); a later run in the same process (a Hydra multirun's next job, a notebook, a test)
+    counts from its own start, when its callbacks were made, so it is not charged with the runs before it.
+
+    An epoch runs from its training start to the next one's (or the fit's end): `train_s` (training batches),
+    `val_s` (validation loops, their metrics included, figures drawn inside them excluded), `figures_s` (galleries and
+    curves drawn in the epoch, wherever their callbacks sit) and `other_s` (the rest: checkpoints, early stopping).
+    The first step is timed to its end on the device (one synchronisation, once)."""
 
     def __init__(self) -> None:
-        self.process_start = process_start_time()
+        global _process_start_claimed
+        now_wall, now = time.time(), time.perf_counter()
+        process_start = None if _process_start_claimed else process_start_time()
+        _process_start_claimed = True
+        self.origin = "process start" if process_start is not None else "run start"
+        self.origin_time = now - (now_wall - process_start) if process_start is not None else now
         self.fit_start: float | None = None
         self.first_step_end: float | None = None
         self.epochs: list[dict] = []
-        self.galleries: list[dict] = []
-        self._marks: dict[str, float] = {}
+        self.drawings: list[dict] = []
+        self._epoch: dict | None = None
+
+    def record_drawing(self, kind: str, name: str, epoch: int, started: float, ended: float) -> None:
+        """A figure drawn by another callback (perf_counter times): kind `gallery` or `curves`."""
+        self.drawings.append({"kind": kind, "name": name, "epoch": epoch, "started": started, "ended": ended})
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.fit_start = time.time()
+        self.fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._marks = {"train_start": time.time()}
+        now = time.perf_counter()
+        self._close_epoch(now)
+        self._epoch = {"epoch": trainer.current_epoch, "start": now, "train_end": None, "validations": [], "open_val": None}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.first_step_end is None:
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize(pl_module.device)
-            self.first_step_end = time.time()
+            self.first_step_end = time.perf_counter()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._marks["val_start"] = time.time()
+        if self._epoch is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._epoch["open_val"] = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and "val_start" in self._marks:
-            self._marks["val_end"] = time.time()
+        if self._epoch is not None and self._epoch["open_val"] is not None:
+            self._epoch["validations"].append((self._epoch["open_val"], time.perf_counter()))
+            self._epoch["open_val"] = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if "train_start" not in self._marks:  # resumed at an epoch's end: nothing of this epoch ran here
+        if self._epoch is not None:
+            self._epoch["train_end"] = time.perf_counter()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_epoch(time.perf_counter())
+
+    def _close_epoch(self, end: float) -> None:
+        epoch, self._epoch = self._epoch, None
+        if epoch is None:
             return
-        end = time.time()
-        marks = self._marks
-        gallery = sum(entry["seconds"] for entry in self.galleries if entry["epoch"] == trainer.current_epoch)
+        validations = epoch["validations"]
+        # Training batches end where the first validation starts (Lightning validates at the epoch's end), or at the
+        # epoch-end hook; validation inside the epoch (val_check_interval < 1) is taken out of training.
+        train_end = validations[-1][0] if validations else (epoch["train_end"] or end)
+        figures = [drawing for drawing in self.drawings if epoch["start"] <= drawing["started"] < end]
+        in_validation = sum(_overlap(drawing["started"], drawing["ended"], validations) for drawing in figures)
+        validation = sum(stop - start for start, stop in validations)
+        train = train_end - epoch["start"] - sum(stop - start for start, stop in validations[:-1])
+        figures_s = sum(drawing["ended"] - drawing["started"] for drawing in figures)
+        total = end - epoch["start"]
         self.epochs.append({
-            "epoch": trainer.current_epoch,
-            "train_s": round(marks.get("val_start", end) - marks["train_start"], 3),
-            "val_s": round(marks["val_end"] - marks["val_start"] - gallery, 3) if "val_end" in marks else None,
-            "gallery_s": round(gallery, 3),
-            "total_s": round(end - marks["train_start"], 3),
+            "epoch": epoch["epoch"],
+            "train_s": round(train, 3),
+            "val_s": round(validation - in_validation, 3) if validations else None,
+            "figures_s": round(figures_s, 3),
+            "other_s": round(max(total - train - (validation - in_validation) - figures_s, 0.0), 3),
+            "total_s": round(total, 3),
         })
 
-    def record_gallery(self, folder: str, epoch: int, seconds: float) -> None:
-        self.galleries.append({"gallery": folder, "epoch": epoch, "seconds": round(seconds, 3)})
+    def _since_origin(self, mark: float | None) -> float | None:
+        return None if mark is None else round(mark - self.origin_time, 3)
 
     def summary(self) -> dict:
-        """timings.json: absolute marks as seconds since the process started (or since fit started, off Linux)."""
-        origin = self.process_start if self.process_start is not None else self.fit_start
-
-        def since(mark: float | None) -> float | None:
-            return None if mark is None or origin is None else round(mark - origin, 3)
-
+        """timings.json: marks as seconds since the origin, each epoch, each figure."""
+        first = self.epochs[0] if self.epochs else None
         later = [epoch["train_s"] for epoch in self.epochs[1:]]
         steady = statistics.median(later) if later else None
-        epoch0 = self.epochs[0]["train_s"] if self.epochs else None
-        galleries = [entry["seconds"] for entry in self.galleries]
+        galleries = [drawing["ended"] - drawing["started"] for drawing in self.drawings if drawing["kind"] == "gallery"]
         return {
-            "origin": "process start" if self.process_start is not None else "fit start",
-            "fit_start_s": since(self.fit_start),
-            "first_step_s": since(self.first_step_end),
-            "first_epoch_train_s": epoch0,
+            "origin": self.origin,
+            "fit_start_s": self._since_origin(self.fit_start),
+            "first_step_s": self._since_origin(self.first_step_end),
+            "first_epoch": first["epoch"] if first else None,
+            "first_epoch_train_s": first["train_s"] if first else None,
             "steady_epoch_train_s": steady,
-            "first_epoch_vs_steady": round(epoch0 / steady, 2) if epoch0 is not None and steady else None,
-            "first_gallery_s": galleries[0] if galleries else None,
+            "first_epoch_vs_steady": round(first["train_s"] / steady, 2) if first and steady else None,
+            "first_epoch_extra_s": round(first["train_s"] - steady, 3) if first and steady is not None else None,
+            "first_gallery_s": round(galleries[0], 3) if galleries else None,
             "later_gallery_s": round(statistics.median(galleries[1:]), 3) if len(galleries) > 1 else None,
             "epochs": self.epochs,
-            "galleries": self.galleries,
+            "figures": [{"kind": drawing["kind"], "name": drawing["name"], "epoch": drawing["epoch"],
+                         "at_s": self._since_origin(drawing["started"]),
+                         "seconds": round(drawing["ended"] - drawing["started"], 3)} for drawing in self.drawings],
         }
 
     def describe(self) -> str:
         summary = self.summary()
         parts = [f"first optimizer step {summary['first_step_s']} s after {summary['origin']}"]
         if summary["first_epoch_vs_steady"] is not None:
-            parts.append(f"epoch 0 trained in {summary['first_epoch_train_s']} s against {summary['steady_epoch_train_s']} s "
-                         f"for a later one ({summary['first_epoch_vs_steady']}x)")
+            parts.append(f"epoch {summary['first_epoch']} trained in {summary['first_epoch_train_s']} s against "
+                         f"{summary['steady_epoch_train_s']} s for a later one ({summary['first_epoch_vs_steady']}x)")
         if summary["first_gallery_s"] is not None:
             parts.append(f"Grad-CAM galleries {summary['first_gallery_s']} s first"
                          + (f", {summary['later_gallery_s']} s later" if summary["later_gallery_s"] is not None else ""))
         return "; ".join(parts)
+
+
+def record_drawing(trainer: pl.Trainer, kind: str, name: str, started: float) -> None:
+    """Tell the run's RunTimings (if any) that a figure was drawn from `started` (perf_counter) until now."""
+    ended = time.perf_counter()
+    for callback in trainer.callbacks:
+        if isinstance(callback, RunTimings):
+            callback.record_drawing(kind, name, trainer.current_epoch, started, ended)
