@@ -41,3 +41,21 @@ def test_all_parts_experiment_trains_on_the_fast_path(synthetic_root: Path, tmp_
     assert all(math.isfinite(metrics[key]) for key in ("train/loss", "val/loss", "test/loss", "test/study/kappa"))
     assert list((tmp_path / "cache").glob("*.u8"))  # the decode-once cache was built and used
     assert (tmp_path / "metrics.json").is_file()
+
+
+def test_the_loss_check_never_makes_the_host_wait_for_the_device():
+    """Any implicit synchronisation (`.item()`, `if tensor`) raises in sync-debug mode 'error'."""
+    from mura.models.loss_watch import DeferredLossCheck, NonFiniteLossError
+
+    check = DeferredLossCheck()
+    weights = torch.randn(2048, 2048, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        check.defer((weights @ weights).mean(), "step 0")
+        check.check()
+        check.defer(weights.sum() * float("nan"), "step 1")
+        with pytest.raises(NonFiniteLossError, match="loss is nan at step 1"):
+            check.check()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert check.last_value == pytest.approx((weights @ weights).mean().item(), rel=1e-3)

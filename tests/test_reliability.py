@@ -17,7 +17,7 @@ import torch
 from conftest import REPO, compose_config, tiny_training_overrides
 from mura.data.sampling import SeededSampler
 from mura.models.checkpoint import AtomicCheckpointIO
-from mura.models.classifier import NonFiniteLossError
+from mura.models.loss_watch import NonFiniteLossError
 from mura.train import train
 
 HELPERS = str(REPO / "tests" / "helpers")
@@ -268,3 +268,19 @@ def test_a_selection_metric_for_a_body_part_not_trained_on_is_refused_before_tra
         train(compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "data.body_parts=[XR_WRIST]",
                               "selection.metric=val/study/XR_HAND/kappa", "selection.mode=max"]))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_loss_is_checked_one_step_later_and_the_progress_bar_shows_the_checked_value():
+    from mura.models.loss_watch import DeferredLossCheck
+
+    check = DeferredLossCheck()
+    check.check()  # nothing pending: nothing to do
+    check.defer(torch.tensor(0.25), "epoch 0, global step 0")
+    assert check.last_value is None  # not read until the next step
+    check.check()
+    assert check.last_value == 0.25
+    check.defer(torch.tensor(float("inf")), "epoch 0, global step 1, batch 1 (first image a.png)")
+    with pytest.raises(NonFiniteLossError, match=r"loss is inf at epoch 0, global step 1, batch 1 \(first image a.png\)"):
+        check.check()
+    assert check.last_value == 0.25
+    check.check()  # raised once, then cleared

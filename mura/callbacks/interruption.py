@@ -7,7 +7,7 @@ import logging
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
 
-from mura.models.classifier import NonFiniteLossError
+from mura.models.loss_watch import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 

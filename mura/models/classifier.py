@@ -21,14 +21,11 @@ from mura.evaluation.metrics import BOOTSTRAP_REPLICATES, flatten_for_logging, f
 from mura.evaluation.store import PredictionStore, predictions_frame
 from mura.models.backbones import build_backbone
 from mura.models.loss import StudyTypeWeightedBCE
+from mura.models.loss_watch import DeferredLossCheck
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stops instead of saving garbage."""
 
 
 class MuraClassifier(pl.LightningModule):
@@ -75,7 +72,7 @@ class MuraClassifier(pl.LightningModule):
         # One store per stage (attributes: nn.Module already has a `train` method, so no ModuleDict keys).
         self.train_store, self.val_store, self.test_store = PredictionStore(), PredictionStore(), PredictionStore()
         self.skipped_images: set[str] = set()  # unreadable images left out (data.on_bad_image=skip)
-        self._unchecked_loss: tuple | None = None
+        self.loss_check = DeferredLossCheck()
         self.reports: dict[str, dict] = {}
         self.predictions: dict[str, pd.DataFrame] = {}
 
@@ -124,25 +121,18 @@ class MuraClassifier(pl.LightningModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        self._check_previous_loss()
+        self.loss_check.check()  # the previous step's
         loss = self._shared_step(batch, "train")
         if loss is not None:
-            # Checked at the next step, not now: reading the value here would make the CPU wait for the GPU
-            # every step; one step later the forward pass it needs has long finished.
-            self._unchecked_loss = (loss.detach(), self.current_epoch, self.global_step, batch_idx, batch["path"][0])
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["label"]))
+            where = f"epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx} (first image {batch['path'][0]})"
+            self.loss_check.defer(loss, where)
+            # The loggers get every step's loss tensor (read every trainer.log_every_n_steps); the progress bar, which
+            # would read it every step, shows the last checked value instead, a step behind and free.
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(batch["label"]))
+            if self.loss_check.last_value is not None:
+                self.log("loss", self.loss_check.last_value, on_step=True, on_epoch=False, prog_bar=True, logger=False,
+                         batch_size=len(batch["label"]))
         return loss
-
-    def _check_previous_loss(self) -> None:
-        pending, self._unchecked_loss = self._unchecked_loss, None
-        if pending is None:
-            return
-        loss, epoch, step, batch_idx, first_image = pending
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {epoch}, global step {step}, batch {batch_idx} "
-                f"(first image {first_image}); lower model.optimizer.lr or check that image"
-            )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -191,10 +181,10 @@ class MuraClassifier(pl.LightningModule):
 
     def on_validation_start(self) -> None:
         # Before validation, so a NaN from the epoch's last step never reaches an end-of-epoch checkpoint.
-        self._check_previous_loss()
+        self.loss_check.check()
 
     def on_train_epoch_end(self) -> None:
-        self._check_previous_loss()
+        self.loss_check.check()
         self._finish_stage("train")  # a no-op when validation already finished it
 
     def on_test_epoch_end(self) -> None:
