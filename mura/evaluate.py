@@ -32,6 +32,9 @@ def evaluate(cfg: DictConfig) -> dict:
     device = pick_device(cfg.eval.device)
     split = cfg.eval.split
     data_settings = split_settings(cfg.data, [training_split(path) for path in checkpoints], checkpoints, split)
+    with open_dict(cfg):
+        cfg.data.update(data_settings["data"])
+        cfg.data.splits_dir = None
     predictions, threshold, datamodule = [], None, None
     datamodules = {}  # one per preprocessing: an ensemble of one recipe reads the index once
     for path in checkpoints:
@@ -40,8 +43,6 @@ def evaluate(cfg: DictConfig) -> dict:
         if preprocessing not in datamodules:
             with open_dict(cfg):
                 cfg.data.image_size, cfg.data.recipe, cfg.data.channels, cfg.data.resize = preprocessing
-                cfg.data.update(data_settings["data"])
-                cfg.data.splits_dir = None
             datamodules[preprocessing] = instantiate(cfg.data)
             refuse_writes_inside(datamodules[preprocessing].root, {"paths.output_dir": cfg.paths.output_dir})
             datamodules[preprocessing].setup(splits=(split,))

@@ -27,8 +27,8 @@ def summarize(cfg: DictConfig) -> str:
     markdown = summary_markdown(table, common, skipped)
     (output_dir / "summary.md").write_text(markdown)
     table.to_csv(output_dir / "summary.csv", index=False)
-    cross_validation = cross_validation_table(table) if not table.empty else None
-    if cross_validation is not None and not cross_validation.empty:
+    cross_validation = cross_validation_table(table)
+    if not cross_validation.empty:
         cross_validation.to_csv(output_dir / "summary_cv.csv", index=False)
     if skipped:
         log.warning("%d folder(s) not summarised (listed in summary.md)", len(skipped))

@@ -93,6 +93,18 @@ def test_a_new_run_in_a_folder_with_checkpoints_is_refused(synthetic_root: Path,
     assert interrupted.read_bytes() == b"the state of an interrupted run"
 
 
+def test_a_slurm_requeued_job_resumes_its_run_from_last_ckpt(synthetic_root: Path, tmp_path: Path, monkeypatch):
+    """A preempted job started again by SLURM (or submitit after a timeout) runs the same command in the same folder."""
+    overrides = tiny_training_overrides(synthetic_root, tmp_path)
+    train(compose_config([*overrides, "trainer.max_epochs=1", "test=false"]))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    train(compose_config([*overrides, "test=false"]))  # two epochs: the first is not run again
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1]
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert [epoch["epoch"] for epoch in timings["epochs"]] == [1]
+
+
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path, monkeypatch):
     io = AtomicCheckpointIO()
     target = tmp_path / "last.ckpt"

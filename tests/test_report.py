@@ -22,6 +22,7 @@ from mura.evaluation.report import (
     plot_calibration,
     plot_confusion,
     plot_roc,
+    report_content,
     report_markdown,
     submission_study_path,
     write_official_predictions,
@@ -70,13 +71,13 @@ def test_tables_show_the_bootstrap_interval():
 def test_report_markdown_names_the_method_and_flags_zero_width_intervals():
     report = metrics_report(images_table(perfect=("XR_FINGER",)), bootstrap=300)
     assert report["study"]["XR_FINGER"]["kappa_ci95"] == [1.0, 1.0]
-    markdown = report_markdown(report, "Evaluation", "the validation split", ["best.ckpt"])
+    markdown = report_markdown(report_content(report, "Evaluation", "the validation split", ["best.ckpt"], threshold=0.5))
     assert "95% CIs: percentile bootstrap over patients (300 replicates; a patient's studies are resampled together" in markdown
     assert "kappa ± 1.96 SE as `kappa_ci95_se`" in markdown
     assert "no disagreement to resample" in markdown and "not certainty" in markdown
     assert "Zero-width intervals in this report: study XR_FINGER kappa, study XR_FINGER AUROC" in markdown
     assert "study XR_WRIST" not in markdown and "| kappa 95% CI" in markdown
-    plain = report_markdown(metrics_report(images_table(), bootstrap=0), "Evaluation", "val", ["best.ckpt"])
+    plain = report_markdown(report_content(metrics_report(images_table(), bootstrap=0), "Evaluation", "val", ["best.ckpt"], threshold=0.5))
     assert "none computed" in plain and "percentile bootstrap" not in plain and "Zero-width" not in plain
 
 
@@ -161,7 +162,7 @@ def test_calibration_section_in_the_markdown_report():
     assert overall["study ECE"] == f"{report['study']['overall']['ece']:.3f}"
     assert overall["image Brier"] == f"{report['image']['overall']['brier']:.3f}"
     assert overall["images"] == report["image"]["overall"]["n"]
-    markdown = report_markdown(report, "Evaluation", "val", ["best.ckpt"])
+    markdown = report_markdown(report_content(report, "Evaluation", "val", ["best.ckpt"], threshold=0.5))
     assert "## Calibration" in markdown and "| study ECE" in markdown
     assert "15 equal-width bins" in markdown and "BinaryCalibrationError, L1 norm" in markdown and "Brier" in markdown
 

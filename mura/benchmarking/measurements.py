@@ -179,7 +179,7 @@ def _captured_step(step, eager_step, optimizer: torch.optim.Optimizer, example: 
 # -- (c) end to end from PNG files -------------------------------------------------------------------------
 
 
-class _SteadyStateTimer(pl.Callback):
+class SteadyStateWindow(pl.Callback):
     """Images per second over the training batches after the first `warmup`, up to the end of the last one: the
     epoch's end (its metrics report, the workers' shutdown) is a once-per-epoch cost, not the steady state."""
 
@@ -205,7 +205,7 @@ class _SteadyStateTimer(pl.Callback):
     def images_per_second(self) -> tuple[int, float]:
         if self.started is None or self.ended is None:
             raise ValueError(f"the epoch ended before batch {self.last_batch}, or within the {self.warmup} warm-up "
-                             "batches: lower fit.warmup, fit.batches or the batch size, or measure on more images")
+                             "batches: lower its warmup or batches (fit.*, profile.*) or the batch size, or measure on more images")
         return self.images, self.ended - self.started
 
 
@@ -213,9 +213,9 @@ def build_fit(
     root: Path, backbone: str, image_size: int, channels: int, batch_size: int, workers: int, bf16: bool,
     channels_last: bool, cache: bool, augment_on_device: bool, batches: int, warmup: int, device: torch.device,
     cache_dir: Path, callback: pl.Callback, fused_adam: bool = False,
-) -> tuple[MuraDataModule, MuraClassifier, pl.Trainer]:
-    """The package's data module and model, and a one-epoch Trainer of `warmup + batches` training batches, no
-    validation: what the fit and profile measurements run, with their own callback."""
+) -> tuple[MuraDataModule, MuraClassifier, pl.Trainer, dict]:
+    """The package's data module and model, a one-epoch Trainer of `warmup + batches` training batches, no
+    validation, and the row's config: what the fit and profile measurements run, with their own callback."""
     datamodule = train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=cache,
                                          augment_on_device=augment_on_device, cache_dir=cache_dir)
     model = MuraClassifier(backbone=backbone, in_channels=channels, image_size=image_size, channels_last=channels_last,
@@ -226,7 +226,10 @@ def build_fit(
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         benchmark=device.type == "cuda", callbacks=[callback],
     )
-    return datamodule, model, trainer
+    config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
+              "precision": trainer.precision, "channels_last": channels_last, "cache": cache, "augment_on_device": augment_on_device,
+              "fused_adam": fused_adam, "timed_batches": batches}
+    return datamodule, model, trainer, config
 
 
 def measure_fit(
@@ -234,15 +237,12 @@ def measure_fit(
     bf16: bool, channels_last: bool, cache: bool, augment_on_device: bool, batches: int, warmup: int,
     device: torch.device, cache_dir: Path, fused_adam: bool = False,
 ) -> dict:
-    timer = _SteadyStateTimer(warmup, last_batch=warmup + batches - 1)
-    datamodule, model, trainer = build_fit(root, backbone, image_size, channels, batch_size, workers, bf16, channels_last,
-                                           cache, augment_on_device, batches, warmup, device, cache_dir, timer, fused_adam)
+    timer = SteadyStateWindow(warmup, last_batch=warmup + batches - 1)
+    datamodule, model, trainer, config = build_fit(root, backbone, image_size, channels, batch_size, workers, bf16, channels_last,
+                                                   cache, augment_on_device, batches, warmup, device, cache_dir, timer, fused_adam)
     _reset_peak(device)
     trainer.fit(model, train_dataloaders=datamodule.train_dataloader())
     images, seconds = timer.images_per_second()
-    config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
-              "precision": trainer.precision, "channels_last": channels_last, "cache": cache, "augment_on_device": augment_on_device,
-              "fused_adam": fused_adam, "timed_batches": batches}
     return row("fit", recipe_name, images, seconds, device, config)
 
 

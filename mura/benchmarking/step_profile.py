@@ -14,10 +14,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
-from mura.benchmarking.measurements import build_fit, row, synchronize
+from mura.benchmarking.measurements import SteadyStateWindow, build_fit, row, synchronize
 from mura.models.classifier import MuraClassifier
 
 OTHER = "Lightning loop, hooks and the rest"
@@ -81,15 +80,12 @@ class _TimedLoader:
             yield batch
 
 
-class _PhaseHooks(pl.Callback):
-    """Backward from Lightning's hooks; recording from the end of the warm-up batches to the end of the last timed one."""
+class _PhaseHooks(SteadyStateWindow):
+    """fit's timing window, recording phases inside it; backward is timed from Lightning's hooks."""
 
     def __init__(self, clock: PhaseClock, warmup: int, last_batch: int):
-        self.clock, self.warmup, self.last_batch = clock, warmup, last_batch
-        self.started: float | None = None
-        self.ended: float | None = None
-        self.steps = 0
-        self.images = 0
+        super().__init__(warmup, last_batch)
+        self.clock = clock
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         self.clock.start("backward")
@@ -98,17 +94,10 @@ class _PhaseHooks(pl.Callback):
         self.clock.stop("backward")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.warmup <= batch_idx <= self.last_batch:
-            self.steps += 1
-            self.images += len(batch["label"])
-        if batch_idx == self.warmup - 1:
-            synchronize(pl_module.device)
-            self.started = time.perf_counter()
-            self.clock.recording = True
-        if batch_idx == self.last_batch:  # the epoch's end (metrics report, logging) is not a step's cost
-            synchronize(pl_module.device)
-            self.ended = time.perf_counter()
-            self.clock.recording = False
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # From the end of the last warm-up step to the end of the last timed one: the epoch's end (metrics report,
+        # logging) is not a step's cost.
+        self.clock.recording = self.started is not None and self.ended is None
 
 
 def instrument(model: MuraClassifier, clock: PhaseClock) -> None:
@@ -135,20 +124,14 @@ def measure_profile(
     """`fit`'s settings, profiled: milliseconds per step of each phase over `batches` steps after `warmup`."""
     clock = PhaseClock(device)
     hooks = _PhaseHooks(clock, warmup, last_batch=warmup + batches - 1)
-    datamodule, model, trainer = build_fit(root, backbone, image_size, channels, batch_size, workers, bf16, channels_last,
-                                           cache, augment_on_device, batches, warmup, device, cache_dir, hooks, fused_adam)
+    datamodule, model, trainer, config = build_fit(root, backbone, image_size, channels, batch_size, workers, bf16, channels_last,
+                                                   cache, augment_on_device, batches, warmup, device, cache_dir, hooks, fused_adam)
     instrument(model, clock)
     trainer.fit(model, train_dataloaders=_TimedLoader(datamodule.train_dataloader(), clock))
-    if hooks.started is None or hooks.ended is None:
-        raise ValueError(f"the epoch ended within the {warmup} warm-up batches: nothing was profiled; lower "
-                         "profile.warmup or the batch size, or profile on more images")
-    total = hooks.ended - hooks.started
-    phases = {name: seconds for name, seconds in clock.seconds.items()}
+    images, total = hooks.images_per_second()
+    phases = dict(clock.seconds)
     phases[OTHER] = max(total - sum(phases.values()), 0.0)
-    per_step_ms = {name: round(1000 * seconds / hooks.steps, 2) for name, seconds in phases.items()}
-    measured = row("profile", recipe_name, hooks.images, total, device, {
-        "backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
-        "precision": trainer.precision, "channels_last": channels_last, "cache": cache,
-        "augment_on_device": augment_on_device, "fused_adam": fused_adam, "timed_batches": hooks.steps})
+    per_step_ms = {name: round(1000 * seconds / batches, 2) for name, seconds in phases.items()}
+    measured = row("profile", recipe_name, images, total, device, config)
     measured["phases_ms_per_step"] = dict(sorted(per_step_ms.items(), key=lambda item: -item[1]))
     return measured

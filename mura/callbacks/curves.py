@@ -79,20 +79,22 @@ def draw_curves(history: list[dict[str, float]], path: Path, patience: int = 2) 
     return onset
 
 
+def _series(history: list[dict[str, float]], key: str) -> list[float]:
+    """One metric per epoch; NaN where history.json holds none (null: undefined that epoch)."""
+    return [float("nan") if row.get(key) is None else row[key] for row in history]
+
+
 def curves_figure(history: list[dict[str, float]], patience: int = 2) -> tuple[Figure, int | None]:
     """The learning curves as a figure (a bare `Figure`: no backend, no pyplot state to close; a notebook can
     `display` it), and the overfitting onset epoch it marks, if any."""
     epochs = [row["epoch"] for row in history]
-    train_loss = [row.get("train/loss", float("nan")) for row in history]
-    val_loss = [row.get("val/loss", float("nan")) for row in history]
+    train_loss, val_loss = _series(history, "train/loss"), _series(history, "val/loss")
     onset_index = overfitting_onset(train_loss, val_loss, patience)
     figure = Figure(figsize=(5 * len(PANELS), 4), layout="tight")
     axes = figure.subplots(1, len(PANELS))
     for axis, (title, template) in zip(axes, PANELS, strict=True):
         for stage, style in (("train", "-o"), ("val", "-s")):
-            key = template.format(stage=stage)
-            values = [float("nan") if row.get(key) is None else row[key] for row in history]
-            axis.plot(epochs, values, style, label=stage, markersize=3)
+            axis.plot(epochs, _series(history, template.format(stage=stage)), style, label=stage, markersize=3)
         if onset_index is not None:
             axis.axvline(epochs[onset_index], color="tab:red", linestyle="--", label="overfitting starts")
         axis.set_title(title)

@@ -5,7 +5,6 @@ training, validation, figures (Grad-CAM galleries, learning curves) and the rest
 
 from __future__ import annotations
 
-import logging
 import os
 import statistics
 import time
@@ -13,8 +12,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-
-log = logging.getLogger(__name__)
 
 _process_start_claimed = False  # the process start is the first run's origin only (see RunTimings)
 

@@ -41,7 +41,7 @@ def cache_key(root: Path, paths: list[str], image_size: int, resize_mode: str = 
     return digest.hexdigest()[:20]
 
 
-def _decode_rows(job: tuple[str, str, list[tuple[int, str]], int, int]) -> list[tuple[int, str]]:
+def _decode_rows(job: tuple[str, str, list[tuple[int, str]], int, int, str]) -> list[tuple[int, str]]:
     """Decode and resize rows into the memory map (runs in worker processes); returns the failures."""
     array_path, root, rows, total, image_size, resize_mode = job
     array = np.memmap(array_path, dtype=np.uint8, mode="r+", shape=(total, image_size, image_size))
@@ -118,7 +118,8 @@ def open_or_build_cache(
     total = len(paths)
     np.memmap(partial, dtype=np.uint8, mode="w+", shape=(max(total, 1), image_size, image_size)).flush()
     chunk = max(1, min(256, total // max(1, workers * 4) or 1))
-    jobs = [(str(partial), str(root), list(enumerate(paths))[start : start + chunk], max(total, 1), image_size, resize_mode)
+    rows = list(enumerate(paths))
+    jobs = [(str(partial), str(root), rows[start : start + chunk], max(total, 1), image_size, resize_mode)
             for start in range(0, total, chunk)]
     failures: dict[int, str] = {}
     for result in map_in_processes(_decode_rows, jobs, [len(job[2]) for job in jobs], workers,

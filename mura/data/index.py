@@ -108,7 +108,7 @@ def refuse_writes_inside(root: str | os.PathLike | None, outputs: dict[str, str 
         if folder in (None, ""):
             continue
         target = Path(folder).expanduser().resolve()
-        if target == data or data in target.parents:
+        if target.is_relative_to(data):
             raise MuraDataError(
                 f"{setting} {str(target)!r} is inside data.root {str(data)!r}: no command writes inside the dataset; "
                 "choose a folder outside it (run the command from outside the dataset, or set hydra.run.dir)"

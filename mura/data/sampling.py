@@ -55,7 +55,7 @@ class SeededSampler(Sampler[tuple[int, int | None]]):
     def __len__(self) -> int:
         _, world = self._world()
         share = math.ceil(self.length / world)
-        return math.ceil(share / self.pad_to_multiple) * self.pad_to_multiple if share else 0
+        return math.ceil(share / self.pad_to_multiple) * self.pad_to_multiple
 
     def __iter__(self) -> Iterator[tuple[int, int | None]]:
         if self.shuffle:

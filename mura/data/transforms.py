@@ -62,8 +62,8 @@ def resize_square(image: torch.Tensor, image_size: int, mode: str = "squash") ->
     scale = image_size / max(height, width)
     new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
     resized = v2.functional.resize(image, [new_height, new_width], antialias=True)
-    left, top = (image_size - new_width) // 2, (image_size - new_height) // 2
-    return v2.functional.pad(resized, [left, top, image_size - new_width - left, image_size - new_height - top], fill=0)
+    # Centre cropping to a larger size pads with black, the extra pixel (odd margins) right and bottom.
+    return v2.functional.center_crop(resized, [image_size, image_size])
 
 
 class ResizeSquare(nn.Module):

@@ -155,34 +155,44 @@ def interval_note(report: dict) -> str:
     return note
 
 
-def report_markdown(report: dict, title: str, split_description: str, checkpoints: list[str]) -> str:
+def report_content(report: dict, title: str, split_description: str, checkpoints: list[str], threshold: float) -> ReportContent:
+    """What report.md and report.html both say, built once."""
+    return ReportContent(
+        title=title, split_description=split_description, checkpoints=list(checkpoints), threshold=threshold,
+        comparison=comparison_table(report), comparison_note=comparison_note(), interval_note=interval_note(report),
+        study_table=metrics_table(report, "study"), image_table=metrics_table(report, "image"),
+        calibration_table=calibration_table(report), calibration_note=calibration_note(report),
+    )
+
+
+def report_markdown(content: ReportContent) -> str:
     lines = [
-        f"# {title}",
+        f"# {content.title}",
         "",
-        f"Evaluated on: {split_description}.",
-        "Checkpoint(s): " + ", ".join(f"`{path}`" for path in checkpoints),
+        f"Evaluated on: {content.split_description}.",
+        "Checkpoint(s): " + ", ".join(f"`{path}`" for path in content.checkpoints),
         "",
         "## Study-level Cohen's kappa against the labels, beside Stanford's model and radiologists",
         "",
-        comparison_table(report).to_markdown(index=False, disable_numparse=True),
+        content.comparison.to_markdown(index=False, disable_numparse=True),
         "",
-        comparison_note(),
+        content.comparison_note,
         "",
-        interval_note(report),
+        content.interval_note,
         "",
         "## Study level",
         "",
-        metrics_table(report, "study").to_markdown(index=False),
+        content.study_table.to_markdown(index=False),
         "",
         "## Image level (for comparison with image-level numbers such as the seed notebook's accuracy)",
         "",
-        metrics_table(report, "image").to_markdown(index=False),
+        content.image_table.to_markdown(index=False),
         "",
         "## Calibration (are the probabilities honest?)",
         "",
-        calibration_table(report).to_markdown(index=False, disable_numparse=True),
+        content.calibration_table.to_markdown(index=False, disable_numparse=True),
         "",
-        calibration_note(report),
+        content.calibration_note,
         "",
         "Plots: `roc.png` (study-level ROC per body part), `confusion.png` (study-level confusion matrices), "
         "`calibration.png` (study-level reliability diagrams). `report.html` holds all of this, the figures and the "
@@ -388,16 +398,12 @@ def write_run_outputs(
     studies.to_csv(output_dir / "predictions.csv", index=False)
     image_rows.to_csv(output_dir / "predictions_images.csv", index=False)
     write_official_predictions(output_dir / "predictions_official.csv", studies)
-    (output_dir / "report.md").write_text(report_markdown(report, title, split_description, checkpoints))
+    content = report_content(report, title, split_description, checkpoints, threshold)
+    (output_dir / "report.md").write_text(report_markdown(content))
     plot_roc(studies, output_dir / "roc.png")
     plot_confusion(studies, threshold, output_dir / "confusion.png")
     plot_calibration(studies, output_dir / "calibration.png")
-    write_report_html(output_dir, ReportContent(
-        title=title, split_description=split_description, checkpoints=list(checkpoints), threshold=threshold,
-        comparison=comparison_table(report), comparison_note=comparison_note(), interval_note=interval_note(report),
-        study_table=metrics_table(report, "study"), image_table=metrics_table(report, "image"),
-        calibration_table=calibration_table(report), calibration_note=calibration_note(report),
-    ))
+    write_report_html(output_dir, content)
 
 
 def _fmt_ci(interval: list[float] | None) -> str:

@@ -172,7 +172,7 @@ def summary_markdown(table: pd.DataFrame, common: list[str], skipped: list[tuple
         for column in [name for name in table.columns if name.startswith("kappa_XR_")]:
             shown[column.removeprefix("kappa_")] = table[column].map(_number)
         lines += ["", shown.to_markdown(index=False)]
-    cross_validation = cross_validation_table(table) if not table.empty else pd.DataFrame()
+    cross_validation = cross_validation_table(table)
     if not cross_validation.empty:
         lines += ["", "Cross-validation: each setting's folds (validation study kappa and AUROC at each fold's selected "
                   "epoch, mean +- sd over folds; sorted by the mean kappa, never by test):", "",

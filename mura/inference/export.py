@@ -31,8 +31,8 @@ from mura.models.classifier import MuraClassifier
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "onnx")
 FILE_NAMES = {"torchscript": "model.torchscript", "onnx": "model.onnx"}
+FORMATS = tuple(FILE_NAMES)
 CONTRACT_FORMAT = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logit", "probability")
@@ -140,12 +140,7 @@ def export_onnx(model: MuraClassifier, path: str | Path) -> Path:
     return path
 
 
-def export_model(model: MuraClassifier, path: str | Path, export_format: str) -> Path:
-    if export_format == "torchscript":
-        return export_torchscript(model, path)
-    if export_format == "onnx":
-        return export_onnx(model, path)
-    raise ConfigError(f"format must be one of {FORMATS}, not {export_format!r}")
+EXPORTERS = {"torchscript": export_torchscript, "onnx": export_onnx}
 
 
 def run_exported(path: str | Path, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -278,7 +273,7 @@ def export_with_contract(
     model_path = Path(output_dir) / FILE_NAMES[export_format]
     contract_path = model_path.with_name(model_path.name + ".json")
     contract_path.unlink(missing_ok=True)  # a contract left from an earlier export must not vouch for this file
-    export_model(model, model_path, export_format)
+    EXPORTERS[export_format](model, model_path)
     contract = {**preprocessing_contract(model, checkpoint_path), "file": _file_description(model_path, export_format)}
     if check_images > 0:
         images = example_input(model, check_images, seed=1)

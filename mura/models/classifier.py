@@ -130,7 +130,8 @@ class MuraClassifier(pl.LightningModule):
             # would read it every step, shows the last checked value instead, a step behind and free.
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(batch["label"]))
             if self.loss_check.last_value is not None:
-                self.log("loss", self.loss_check.last_value, on_step=True, on_epoch=False, prog_bar=True, logger=False,
+                # A host tensor: Lightning would put a float on the device, and the bar's read of it would wait.
+                self.log("loss", torch.tensor(self.loss_check.last_value), on_step=True, on_epoch=False, prog_bar=True, logger=False,
                          batch_size=len(batch["label"]))
         return loss
 
