@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one command, on a GPU machine with no network (sized for under 8 minutes
-# on one H100; not yet run on one):
-#   1. the GPU-only tests (tests/test_cuda.py: device augmentation CUDA vs CPU, a bf16 fast-path training run);
+# Every GPU check of the project in one command, on a GPU machine with no network (goal: at most 6 minutes on
+# one H100; its first run, at 65e107c without profile and startup, had not finished the tries after 311 s):
+#   1. the GPU-only tests (tests/test_cuda.py: device augmentation CUDA vs CPU; a bf16 fast-path training run
+#      whose steady steps are checked in CUDA's sync-debug mode);
 #   2. `python -m mura.bench bench_preset=gpu`: synthetic PNGs with MURA's longest side (512), DenseNet-169 at
-#      320 px, the paper's recipe against ours; a profile of fit's training step by phase; the time a real
-#      `mura.train experiment=wrist` takes to its first step, first epoch and first Grad-CAM gallery; then the
-#      tries (fused Adam, batch 256, CUDA graphs, mura.evaluate's path), one table each.
-# bench.json, the table, the logs and the startup run's timings.json and train.log (7 files) land in $OUT (the
-# device tool's output folder) or outputs/bench_gpu.
+#      320 px, the paper's recipe against ours; a profile of fit's training step by phase; the tries (fused Adam,
+#      batch 256, CUDA graphs, mura.evaluate's path), one table each; last, the time a real
+#      `mura.train experiment=all_parts` takes to its first step, first epoch and first Grad-CAM gallery, with
+#      cuDNN autotuning and without. The table ends with the seconds each measurement took.
+# Fewer measurements: `runs=[profile,startup]`, `runs=[data,train,fit,infer]`; no tries: `'~tries'`.
+# bench.json, the table, the logs, the config and each startup run's timings.json and train.log (in startup/ and
+# startup_no_autotune/) land in $OUT (the device tool's output folder) or outputs/bench_gpu.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh       # here, with a registry: the packages the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_check.sh [OVERRIDES]  # there; extra arguments are Hydra overrides for mura.bench
@@ -44,6 +47,7 @@ PY
 # reported but the bench still runs, so one call measures everything it can.
 tests_rc=0
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/gpu_tests.log" || tests_rc=$?
+echo "gpu tests: ${SECONDS} s since the check started"
 
 workers=$(( $(nproc) > 16 ? 16 : $(nproc) ))
 data_dir=${TMPDIR:-/tmp}/mura_bench_data   # thousands of PNGs: kept out of $OUT
@@ -52,5 +56,5 @@ time "$PYTHON" -m mura.bench bench_preset=gpu workers="$workers" synthetic.worke
   paths.data_dir="$data_dir" hydra.run.dir="$out" hydra.output_subdir=null "$@" 2>"$out/bench_stderr.log" | tee "$out/bench_table.md" || bench_rc=$?
 [ "$bench_rc" = 0 ] || tail -n 30 "$out/bench_stderr.log"
 rm -rf "$data_dir"
-echo "exit status: gpu tests $tests_rc, bench $bench_rc"
+echo "exit status: gpu tests $tests_rc, bench $bench_rc; ${SECONDS} s in all"
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -22,7 +22,7 @@ from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
 from mura.callbacks.artifacts import finish_tracking, log_config
 from mura.callbacks.gradcam import GradCamGallery
-from mura.callbacks.timing import RunTimings
+from mura.callbacks.timing import RunTimings, timed_after_fit
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
 from mura.data.index import BODY_PARTS, refuse_writes_inside
 from mura.evaluation.metrics import LOGGED_METRICS
@@ -82,14 +82,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test") and not tested:
         log.warning("no test split: %s lists no valid images for %s; skipping the test", datamodule.root, datamodule.body_parts)
     if tested:
-        trainer.test(model, datamodule=datamodule, ckpt_path=selected["checkpoint"], verbose=False, weights_only=True)
+        with timed_after_fit(trainer, "test"):  # the selected checkpoint's loading included
+            trainer.test(model, datamodule=datamodule, ckpt_path=selected["checkpoint"], verbose=False, weights_only=True)
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")})
     elif selected["checkpoint"]:
         model.load_state_dict(read_checkpoint(selected["checkpoint"])["state_dict"])  # what a test would have scored
     # Before the test outputs: report.html embeds the final gallery.
-    draw_final_galleries(trainer, model, selected)
+    with timed_after_fit(trainer, "final_gallery"):
+        draw_final_galleries(trainer, model, selected)
     if tested and trainer.is_global_zero:
-        write_test_outputs(model, datamodule, output_dir, selected["description"])
+        with timed_after_fit(trainer, "reports"):
+            write_test_outputs(model, datamodule, output_dir, selected["description"])
     if trainer.is_global_zero:
         record = {key: value for key, value in selected.items() if key != "description"}
         record["score"] = None if math.isnan(record["score"]) else record["score"]  # JSON has no NaN

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from mura.bench import bench_table, run_bench
-from mura.benchmarking import measurements, step_profile
+from mura.benchmarking import measurements, startup, step_profile
 from mura.data.synthetic import SyntheticConfig, plan_release
 
 TINY_BENCH = ["image_size=32", "workers=0", "data.batch_size=8", "train.steps=1", "fit.batches=1", "fit.warmup=1",
@@ -62,19 +62,33 @@ def test_a_failing_measurement_is_reported_and_the_others_still_run(synthetic_ro
     (failed,) = result["not_measured"]
     assert (failed["kind"], failed["recipe"]) == ("train", "baseline") and failed["reason"]
     assert json.loads((tmp_path / "bench.json").read_text()) == result
+    # Every measurement's cost is listed, the failed one's too, in the order they ran.
+    assert [entry["measurement"] for entry in result["seconds"]] == [
+        "train/baseline", "infer/baseline", "train/ours", "infer/ours", "train/ours/fused_adam", "infer/ours/evaluate_from_cache"]
+    assert "seconds per measurement (setup and autotuning included): train/baseline " in bench_table(result)
 
 
 @pytest.mark.slow
-def test_startup_runs_the_real_train_command_and_reports_time_to_first_step_epochs_and_galleries(synthetic_root: Path, tmp_path: Path):
+def test_startup_runs_the_real_train_command_and_reports_time_to_first_step_epochs_and_galleries(
+        synthetic_root: Path, tmp_path: Path, monkeypatch):
     train_overrides = ["experiment=demo", "data.image_size=32", "data.num_workers=0", "trainer.max_epochs=3",
                        "callbacks.gradcam.every_n_epochs=1", "callbacks.gradcam.studies_per_class=1"]
     overrides = ["startup.overrides=[" + ",".join(f"'{override}'" for override in train_overrides) + "]"]
+    # A variant: the same run with one more override, measured on the cache the first one built.
+    variant = "+tries.two_epochs={kind: startup, extra_overrides: ['trainer.max_epochs=2']}"
+    runs, real_train = [], startup._train
+
+    def counted_train(command: list[str], run_dir: Path, timeout_s: float):
+        runs.append(run_dir.name)
+        return real_train(command, run_dir, timeout_s)
+
+    monkeypatch.setattr(startup, "_train", counted_train)
     cfg = compose_config([f"data_root={synthetic_root}", f"paths.output_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}",
-                          "runs=[startup]", *overrides], config_name="bench")
+                          "runs=[startup]", *overrides, variant], config_name="bench")
     result = run_bench(cfg)
     assert result["not_measured"] == []
-    (row,) = result["rows"]
-    assert row["kind"] == "startup"
+    row, two_epochs = result["rows"]
+    assert row["kind"] == "startup" and "variant" not in row["config"]
     # The cache was built by the unmeasured run, in the bench's cache folder, before the measured one started.
     cache_files = [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
     assert cache_files and max(path.stat().st_mtime for path in cache_files) < row["config"]["launched"]
@@ -83,11 +97,21 @@ def test_startup_runs_the_real_train_command_and_reports_time_to_first_step_epoc
     assert [epoch["epoch"] for epoch in row["epochs"]] == [0, 1, 2]
     assert row["first_epoch_vs_steady"] == pytest.approx(row["first_epoch_train_s"] / row["steady_epoch_train_s"], abs=0.01)
     assert row["first_gallery_s"] > 0 and row["later_gallery_s"] > 0 and row["validation_vs_steady_epoch"] > 0
-    # Only the measured run's timings and log are kept; its checkpoints and galleries were scratch.
+    assert row["test_vs_steady_epoch"] == pytest.approx(row["after_fit"]["test_s"] / row["steady_epoch_train_s"], abs=0.01)
+    # Only the measured runs' timings and logs are kept; their checkpoints and galleries were scratch.
     assert sorted(path.name for path in (tmp_path / "startup").iterdir()) == ["timings.json", "train.log"]
     assert not list(tmp_path.rglob("*.ckpt"))
+    # The variant trained with its extra override, without building the cache again, and kept its files apart.
+    assert runs == ["cache_build", "measured", "measured"]
+    assert two_epochs["config"]["variant"] == "two_epochs" and two_epochs["config"]["extra_overrides"] == ["trainer.max_epochs=2"]
+    assert [epoch["epoch"] for epoch in two_epochs["epochs"]] == [0, 1]
+    assert sorted(path.name for path in (tmp_path / "two_epochs").iterdir()) == ["timings.json", "train.log"]
     table = bench_table(result)
     assert "process start to first optimizer step" in table and "<= 15" in table
+    (variant_header,) = [line for line in table.splitlines() if line.startswith("| two_epochs: mura.train experiment=demo")]
+    assert variant_header.split("|")[1].split()[-1] == "trainer.max_epochs=2"
+    assert [entry["measurement"] for entry in result["seconds"]] == ["startup/ours", "startup/ours/two_epochs"]
+    assert all(entry["seconds"] > 0 for entry in result["seconds"])
 
 
 def test_phase_clock_charges_nested_phases_exclusively_and_only_while_recording():
@@ -138,7 +162,8 @@ def test_gpu_preset_names_only_real_settings_and_has_images_for_every_timed_batc
     """benchmarks/gpu_check.sh runs this preset on a GPU that this suite never sees: catch its mistakes here."""
     cfg = compose_config(["bench_preset=gpu"], config_name="bench")
     assert (cfg.backbone, cfg.image_size) == ("densenet169", 320)
-    by_kind = {"train": measurements.measure_train_step, "fit": measurements.measure_fit, "infer": measurements.measure_inference}
+    by_kind = {"train": measurements.measure_train_step, "fit": measurements.measure_fit, "infer": measurements.measure_inference,
+               "startup": startup.measure_startup}
     largest_fit_batch = cfg.fit.ours.batch_size
     for name, settings in cfg.tries.items():
         measurement = measurements.measure_evaluation if settings.get("end_to_end") else by_kind[settings.kind]
@@ -148,3 +173,11 @@ def test_gpu_preset_names_only_real_settings_and_has_images_for_every_timed_batc
     images, _ = plan_release(SyntheticConfig(**OmegaConf.to_container(cfg.synthetic)))
     train_images = sum(spec.relative_path.startswith("train/") for spec in images)
     assert train_images >= (cfg.fit.warmup + cfg.fit.batches) * largest_fit_batch
+    # The startup runs' overrides, a variant's extra ones included, compose into a training config.
+    startup_runs = [list(cfg.startup.overrides)] + [[*cfg.startup.overrides, *settings.extra_overrides]
+                                                    for settings in cfg.tries.values() if settings.kind == "startup"]
+    assert len(startup_runs) > 1
+    for overrides in startup_runs:
+        train_cfg = compose_config(overrides)
+        assert train_cfg.data.body_parts == "all" and train_cfg.callbacks.gradcam.every_n_epochs == 1
+    assert train_cfg.trainer.benchmark is False

@@ -1,6 +1,6 @@
 """Where a run's time goes before and between the steady epochs: start to the first optimizer step, each epoch's
-training, validation, figures (Grad-CAM galleries, learning curves) and the rest (checkpoints, early stopping).
-`mura.train` writes it to <run>/timings.json and logs a line; `python -m mura.bench runs=[startup]` reads it (issue
+training, validation, figures (Grad-CAM galleries, learning curves) and the rest (checkpoints, early stopping),
+and after fit the test, the final gallery and the reports. `mura.train` writes it to <run>/timings.json and logs a line; `python -m mura.bench runs=[startup]` reads it (issue
 #11's time-to-first-result goals)."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -53,6 +55,7 @@ class RunTimings(pl.Callback):
         self.first_step_end: float | None = None
         self.epochs: list[dict] = []
         self.drawings: list[dict] = []
+        self.after_fit: dict[str, float] = {}  # seconds of each step after fit (timed_after_fit)
         self._epoch: dict | None = None
 
     def record_drawing(self, kind: str, name: str, epoch: int, started: float, ended: float) -> None:
@@ -136,6 +139,7 @@ class RunTimings(pl.Callback):
             "figures": [{"kind": drawing["kind"], "name": drawing["name"], "epoch": drawing["epoch"],
                          "at_s": self._since_origin(drawing["started"]),
                          "seconds": round(drawing["ended"] - drawing["started"], 3)} for drawing in self.drawings],
+            "after_fit": self.after_fit,
         }
 
     def describe(self) -> str:
@@ -147,12 +151,27 @@ class RunTimings(pl.Callback):
         if summary["first_gallery_s"] is not None:
             parts.append(f"Grad-CAM galleries {summary['first_gallery_s']} s first"
                          + (f", {summary['later_gallery_s']} s later" if summary["later_gallery_s"] is not None else ""))
+        if self.after_fit:
+            parts.append("after fit " + ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {seconds} s"
+                                                  for name, seconds in self.after_fit.items()))
         return "; ".join(parts)
+
+
+def _run_timings(trainer: pl.Trainer) -> list[RunTimings]:
+    return [callback for callback in trainer.callbacks if isinstance(callback, RunTimings)]
 
 
 def record_drawing(trainer: pl.Trainer, kind: str, name: str, started: float) -> None:
     """Tell the run's RunTimings (if any) that a figure was drawn from `started` (perf_counter) until now."""
     ended = time.perf_counter()
-    for callback in trainer.callbacks:
-        if isinstance(callback, RunTimings):
-            callback.record_drawing(kind, name, trainer.current_epoch, started, ended)
+    for timings in _run_timings(trainer):
+        timings.record_drawing(kind, name, trainer.current_epoch, started, ended)
+
+
+@contextmanager
+def timed_after_fit(trainer: pl.Trainer, name: str) -> Iterator[None]:
+    """Time a step after fit (the test, the final gallery, the reports) into the run's timings as `<name>_s`."""
+    started = time.perf_counter()
+    yield
+    for timings in _run_timings(trainer):
+        timings.after_fit[f"{name}_s"] = round(time.perf_counter() - started, 3)
