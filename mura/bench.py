@@ -170,6 +170,7 @@ def startup_table(row: dict) -> str:
     """The time-to-first-result figures of one measured `mura.train` run, each beside issue #11's goal."""
     figures = [
         (f"{row['origin']} to first optimizer step (s)", row["first_step_s"], "<= 15"),
+        *((f"- {phase} (s)", seconds, "") for phase, seconds in (row["to_first_step"] or {}).items()),
         ("epoch 0 training (s)", row["first_epoch_train_s"], ""),
         ("later epoch training, median (s)", row["steady_epoch_train_s"], ""),
         ("epoch 0 / later epoch", row["first_epoch_vs_steady"], "<= 1.5"),

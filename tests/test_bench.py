@@ -94,6 +94,7 @@ def test_startup_runs_the_real_train_command_and_reports_time_to_first_step_epoc
     assert cache_files and max(path.stat().st_mtime for path in cache_files) < row["config"]["launched"]
     assert row["origin"] == "process start"  # its own process: interpreter start and imports count
     assert 0 < row["first_step_s"] < row["wall_s"]
+    assert sum(row["to_first_step"].values()) == pytest.approx(row["first_step_s"], abs=0.01)
     assert [epoch["epoch"] for epoch in row["epochs"]] == [0, 1, 2]
     assert row["first_epoch_vs_steady"] == pytest.approx(row["first_epoch_train_s"] / row["steady_epoch_train_s"], abs=0.01)
     assert row["first_gallery_s"] > 0 and row["later_gallery_s"] > 0 and row["validation_vs_steady_epoch"] > 0

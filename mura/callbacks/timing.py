@@ -51,7 +51,11 @@ class RunTimings(pl.Callback):
         _process_start_claimed = True
         self.origin = "process start" if process_start is not None else "run start"
         self.origin_time = now - (now_wall - process_start) if process_start is not None else now
+        # Marks on the way to the first step (to_first_step): made, data set up, fit started, sanity check.
+        self.created = now
+        self.setup_end: float | None = None
         self.fit_start: float | None = None
+        self.sanity_check: tuple[float, float | None] | None = None
         self.first_step_end: float | None = None
         self.epochs: list[dict] = []
         self.drawings: list[dict] = []
@@ -62,8 +66,19 @@ class RunTimings(pl.Callback):
         """A figure drawn by another callback (perf_counter times): kind `gallery` or `curves`."""
         self.drawings.append({"kind": kind, "name": name, "epoch": epoch, "started": started, "ended": ended})
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # Lightning calls it right after the data module's setup (index, checks, split, cache)
+            self.setup_end = time.perf_counter()
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.fit_start = time.perf_counter()
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.sanity_check = (time.perf_counter(), None)
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.sanity_check is not None:
+            self.sanity_check = (self.sanity_check[0], time.perf_counter())
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = time.perf_counter()
@@ -118,6 +133,22 @@ class RunTimings(pl.Callback):
     def _since_origin(self, mark: float | None) -> float | None:
         return None if mark is None else round(mark - self.origin_time, 3)
 
+    def to_first_step(self) -> dict[str, float] | None:
+        """Where the time to the first step went, in order (seconds; they add up to first_step_s): the interpreter,
+        imports, config and the data module's and model's construction; the Trainer's construction and the data
+        module's setup (index, image checks, split, cache); Lightning's setup (the model to the device); the sanity
+        check (a validation of two batches: its workers' start, cuDNN's first searches); and the first training step
+        (the training workers' start, the first batch, cuDNN's searches for the backward pass)."""
+        if None in (self.setup_end, self.fit_start, self.first_step_end):
+            return None  # not trained, or resumed past its first step
+        sanity_start, sanity_end = self.sanity_check if self.sanity_check and self.sanity_check[1] else (None, None)
+        marks = [("imports, config, data module and model", self.origin_time, self.created),
+                 ("Trainer and data setup (index, checks, split, cache)", self.created, self.setup_end),
+                 ("Lightning setup (model to device)", self.setup_end, sanity_start or self.fit_start),
+                 ("sanity check", sanity_start or self.fit_start, sanity_end or self.fit_start),
+                 ("first training step (workers, first batch, step)", sanity_end or self.fit_start, self.first_step_end)]
+        return {name: round(end - start, 3) for name, start, end in marks}
+
     def summary(self) -> dict:
         """timings.json: marks as seconds since the origin, each epoch, each figure."""
         first = self.epochs[0] if self.epochs else None
@@ -128,6 +159,7 @@ class RunTimings(pl.Callback):
             "origin": self.origin,
             "fit_start_s": self._since_origin(self.fit_start),
             "first_step_s": self._since_origin(self.first_step_end),
+            "to_first_step": self.to_first_step(),
             "first_epoch": first["epoch"] if first else None,
             "first_epoch_train_s": first["train_s"] if first else None,
             "steady_epoch_train_s": steady,
