@@ -9,8 +9,8 @@
 #      `mura.train experiment=all_parts` takes to its first step, first epoch and first Grad-CAM gallery, with
 #      cuDNN autotuning and without. The table ends with the seconds each measurement took.
 # Fewer measurements: `runs=[profile,startup]`, `runs=[data,train,fit,infer]`; no tries: `'~tries'`.
-# bench.json, the table, the logs, the config and each startup run's timings.json and train.log (in startup/ and
-# startup_no_autotune/) land in $OUT (the device tool's output folder) or outputs/bench_gpu.
+# bench.json, the table, the logs, the config and startup_runs.tgz (each startup run's timings.json and train.log),
+# 7 files, land in $OUT (the device tool's output folder, which brings back at most 8) or outputs/bench_gpu.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh       # here, with a registry: the packages the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_check.sh [OVERRIDES]  # there; extra arguments are Hydra overrides for mura.bench
@@ -56,5 +56,10 @@ time "$PYTHON" -m mura.bench bench_preset=gpu workers="$workers" synthetic.worke
   paths.data_dir="$data_dir" hydra.run.dir="$out" hydra.output_subdir=null "$@" 2>"$out/bench_stderr.log" | tee "$out/bench_table.md" || bench_rc=$?
 [ "$bench_rc" = 0 ] || tail -n 30 "$out/bench_stderr.log"
 rm -rf "$data_dir"
+# The device tool brings back at most 8 files: the startup runs' timings.json and train.log travel as one archive.
+runs=$(cd "$out" && find . -mindepth 1 -maxdepth 1 -type d -name 'startup*' -printf '%P\n')
+if [ -n "$runs" ]; then
+  tar -czf "$out/startup_runs.tgz" -C "$out" $runs && (cd "$out" && rm -rf $runs)
+fi
 echo "exit status: gpu tests $tests_rc, bench $bench_rc; ${SECONDS} s in all"
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
