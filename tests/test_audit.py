@@ -59,8 +59,13 @@ def test_audit_reports_broken_files_and_mismatches(writable_root: Path):
     path, label = lines[0].split(",")
     lines[0] = f"{path},{1 - int(label)}"
     studies.write_text("\n".join(lines) + "\n")
+    # Cut inside IEND's checksum: every pixel decodes, but a training run's up-front check refuses the copy.
+    cut = table["path"].iloc[2]
+    (writable_root / cut).write_bytes((writable_root / cut).read_bytes()[:-2])
     audit = audit_release(writable_root, workers=1, progress=False)
-    assert problems_of(audit, "unreadable_image") == {broken}
+    assert problems_of(audit, "unreadable_image") == {broken, cut}
+    (cut_problem,) = [problem for problem in audit["problems"] if problem["path"] == cut]
+    assert "truncated" in cut_problem["detail"]
     assert problems_of(audit, "missing_file") == {missing}
     assert len(problems_of(audit, "label_mismatch")) == 1
 
