@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -119,6 +120,8 @@ def read_wandb_records(path: Path) -> list:
         if kind == 0:  # the padding at the end of a block
             offset += room
             continue
+        if offset + 7 + length > len(data):
+            break  # a chunk the writer has not finished yet
         pending = (b"" if kind in (1, 2) else pending) + data[offset + 7:offset + 7 + length]
         offset += 7 + length
         if kind in (1, 4):
@@ -126,6 +129,17 @@ def read_wandb_records(path: Path) -> list:
             record.ParseFromString(pending)
             records.append(record)
     return records
+
+
+def read_finished_wandb_records(path: Path, timeout_s: float = 30.0) -> list:
+    """The records once wandb's writer process has written its last one (`exit`): `run.finish()` returns before that
+    process has flushed its last block, so a file read at once can lack the run's last records (seen under load)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_wandb_records(path)
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -137,7 +151,7 @@ def test_wandb_offline_run_holds_metrics_config_and_files(synthetic_root: Path, 
     output_dir = tmp_path / "run"
     tiny_run(synthetic_root, output_dir, "logger=wandb", "++tags=[tiny]")
     [run_folder] = (output_dir / "wandb").glob("offline-run-*")
-    records = read_wandb_records(next(run_folder.glob("run-*.wandb")))
+    records = read_finished_wandb_records(next(run_folder.glob("run-*.wandb")))
     [run] = [record.run for record in records if record.WhichOneof("record_type") == "run"]
     assert (run.project, run.run_group, list(run.tags)) == ("mura", "demo", ["tiny"])
     # An image is logged as nested keys (its series, then the image's fields): its series is the name that counts.
