@@ -9,8 +9,9 @@
 #      `mura.train experiment=all_parts` takes to its first step, first epoch and first Grad-CAM gallery, with
 #      cuDNN autotuning and without. The table ends with the seconds each measurement took.
 # Fewer measurements: `runs=[profile,startup]`, `runs=[data,train,fit,infer]`; no tries: `'~tries'`.
-# bench.json, the table, the logs, the config and startup_runs.tgz (each startup run's timings.json and train.log),
-# 7 files, land in $OUT (the device tool's output folder, which brings back at most 8) or outputs/bench_gpu.
+# bench.json, the table, the logs, the config and startup_runs.tgz (startup/: each startup run's timings.json and
+# train.log), 7 files, land in $OUT (the device tool's output folder, which brings back at most 8) or
+# outputs/bench_gpu. The bench stops starting measurements after budget_s (420 s in the preset).
 #
 #   bash benchmarks/fetch_gpu_wheels.sh       # here, with a registry: the packages the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_check.sh [OVERRIDES]  # there; extra arguments are Hydra overrides for mura.bench
@@ -57,9 +58,9 @@ time "$PYTHON" -m mura.bench bench_preset=gpu workers="$workers" synthetic.worke
 [ "$bench_rc" = 0 ] || tail -n 30 "$out/bench_stderr.log"
 rm -rf "$data_dir"
 # The device tool brings back at most 8 files: the startup runs' timings.json and train.log travel as one archive.
-runs=$(cd "$out" && find . -mindepth 1 -maxdepth 1 -type d -name 'startup*' -printf '%P\n')
-if [ -n "$runs" ]; then
-  tar -czf "$out/startup_runs.tgz" -C "$out" $runs && (cd "$out" && rm -rf $runs)
+if [ -d "$out/startup" ]; then
+  if tar -czf "$out/startup_runs.tgz" -C "$out" startup; then rm -rf "$out/startup"
+  else echo "could not pack $out/startup: its files stay as they are" >&2; fi
 fi
 echo "exit status: gpu tests $tests_rc, bench $bench_rc; ${SECONDS} s in all"
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -22,7 +22,7 @@ from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
 from mura.callbacks.artifacts import finish_tracking, log_config
 from mura.callbacks.gradcam import GradCamGallery
-from mura.callbacks.timing import RunTimings, timed_after_fit
+from mura.callbacks.timing import RunTimings, note_run_start, timed_after_fit
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
 from mura.data.index import BODY_PARTS, refuse_writes_inside
 from mura.evaluation.metrics import LOGGED_METRICS
@@ -43,6 +43,7 @@ def instantiate_group(group: DictConfig | None) -> list:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the selected checkpoint, as `cfg` says; returns the final callback metrics as floats, and
     `selection/score`: the selection metric's value at the selected checkpoint (what a sweeper receives)."""
+    note_run_start()
     if cfg.get("seed") is not None:  # `is not None`: seed 0 is a seed
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -87,9 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")})
     elif selected["checkpoint"]:
         model.load_state_dict(read_checkpoint(selected["checkpoint"])["state_dict"])  # what a test would have scored
-    # Before the test outputs: report.html embeds the final gallery.
-    with timed_after_fit(trainer, "final_gallery"):
-        draw_final_galleries(trainer, model, selected)
+    draw_final_galleries(trainer, model, selected)  # before the test outputs: report.html embeds the final gallery
     if tested and trainer.is_global_zero:
         with timed_after_fit(trainer, "reports"):
             write_test_outputs(model, datamodule, output_dir, selected["description"])
@@ -156,7 +155,8 @@ def draw_final_galleries(trainer: pl.Trainer, model: pl.LightningModule, selecte
     when = f"{Path(selected['checkpoint']).name}, epoch {selected['epoch']}" if selected["checkpoint"] else "final weights"
     for callback in trainer.callbacks:
         if isinstance(callback, GradCamGallery):
-            callback.render(trainer, model, "final", when)
+            with timed_after_fit(trainer, "final_gallery"):
+                callback.render(trainer, model, "final", when)
 
 
 def write_timings(trainer: pl.Trainer, output_dir: Path) -> None:

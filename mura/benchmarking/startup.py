@@ -34,26 +34,36 @@ def _train(overrides: list[str], run_dir: Path, timeout_s: float) -> tuple[float
     return launched, time.time() - launched
 
 
-# (root, cache folder, overrides) whose cache an earlier startup measurement of this process built: a variant that
-# changes only how the run trains (extra_overrides) measures on it without building it again.
-_caches_built: set[tuple[str, ...]] = set()
+# (root, cache folder, overrides) -> None where an earlier startup measurement of this process built that cache, or
+# why its build failed: a variant that changes only how the run trains (extra_overrides) measures on that cache
+# without building it again, and does not try a build that has already failed.
+_cache_builds: dict[tuple[str, ...], str | None] = {}
 
 
 def measure_startup(root: Path, cache_dir: Path, output_dir: Path, overrides: list[str], timeout_s: float = 600,
-                    extra_overrides: Sequence[str] = (), label: str = "startup") -> dict:
+                    extra_overrides: Sequence[str] = (), variant: str | None = None) -> dict:
     """`mura.train <overrides> <extra_overrides>` on `root` once to build the cache, then once measured (the goals
     hold "once the cache exists"). The runs train in a scratch folder (their checkpoints, galleries and reports are
-    not the bench's output); the measured run's timings.json and train.log are kept in <output_dir>/<label>/.
-    `extra_overrides` are a variant's (e.g. trainer.benchmark=false): they must not change the data."""
+    not the bench's output); the measured run's timings.json and train.log are kept in <output_dir>/startup/, a
+    variant's in <output_dir>/startup/<variant>/. `extra_overrides` are a variant's (e.g. trainer.benchmark=false):
+    they must not change the data (if they did, the measured run would build its own cache, and its data setup
+    phase would show it)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the bench's own cached blocks would otherwise sit beside the child's model
     common = [*overrides, f"data.root={root}", f"data.cache_dir={cache_dir}"]
-    kept = output_dir / label
+    kept = output_dir / "startup" / (variant or "")
     kept.mkdir(parents=True, exist_ok=True)
+    key = tuple(common)
+    if _cache_builds.get(key):
+        raise RuntimeError(f"the cache build of an earlier startup measurement failed: {_cache_builds[key]}")
     with tempfile.TemporaryDirectory(prefix="mura_startup_") as scratch:
-        if tuple(common) not in _caches_built:
-            _train([*common, *CACHE_ONLY], Path(scratch) / "cache_build", timeout_s)
-            _caches_built.add(tuple(common))
+        if key not in _cache_builds or not any(Path(cache_dir).glob("*")):
+            try:
+                _train([*common, *CACHE_ONLY], Path(scratch) / "cache_build", timeout_s)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                _cache_builds[key] = str(error)[-500:]
+                raise
+            _cache_builds[key] = None
         run_dir = Path(scratch) / "measured"
         launched, wall = _train([*common, *extra_overrides], run_dir, timeout_s)
         for name in ("timings.json", "train.log"):

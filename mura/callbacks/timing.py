@@ -16,6 +16,14 @@ import pytorch_lightning as pl
 import torch
 
 _process_start_claimed = False  # the process start is the first run's origin only (see RunTimings)
+_run_started: float | None = None  # when mura.train's train() began (note_run_start), for a later run's origin
+
+
+def note_run_start() -> None:
+    """Mark the start of a training run (mura.train calls it first): a later run of the same process counts from
+    here, its data module's and model's construction included, not from when its callbacks were made."""
+    global _run_started
+    _run_started = time.perf_counter()
 
 
 def process_start_time() -> float | None:
@@ -37,7 +45,8 @@ def _overlap(start: float, end: float, windows: list[tuple[float, float]]) -> fl
 class RunTimings(pl.Callback):
     """Marks of one fit, on the monotonic clock. The origin is the process start for the first run of a process
     (`python -m mura.train`); a later run in the same process (a Hydra multirun's next job, a notebook, a test)
-    counts from its own start, when its callbacks were made, so it is not charged with the runs before it.
+    counts from its own start (note_run_start, else when its callbacks were made), so it is not charged with the
+    runs before it.
 
     An epoch runs from its training start to the next one's (or the fit's end): `train_s` (training batches),
     `val_s` (validation loops, their metrics included, figures drawn inside them excluded), `figures_s` (galleries and
@@ -45,17 +54,18 @@ class RunTimings(pl.Callback):
     The first step is timed to its end on the device (one synchronisation, once)."""
 
     def __init__(self) -> None:
-        global _process_start_claimed
+        global _process_start_claimed, _run_started
         now_wall, now = time.time(), time.perf_counter()
         process_start = None if _process_start_claimed else process_start_time()
         _process_start_claimed = True
+        run_start, _run_started = _run_started or now, None  # each mark serves one run
         self.origin = "process start" if process_start is not None else "run start"
-        self.origin_time = now - (now_wall - process_start) if process_start is not None else now
-        # Marks on the way to the first step (to_first_step): made, data set up, fit started, sanity check.
+        self.origin_time = now - (now_wall - process_start) if process_start is not None else run_start
+        # Marks on the way to the first step (to_first_step): made, data set up, fit started, training started.
         self.created = now
         self.setup_end: float | None = None
         self.fit_start: float | None = None
-        self.sanity_check: tuple[float, float | None] | None = None
+        self.train_start: float | None = None
         self.first_step_end: float | None = None
         self.epochs: list[dict] = []
         self.drawings: list[dict] = []
@@ -73,12 +83,8 @@ class RunTimings(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.fit_start = time.perf_counter()
 
-    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.sanity_check = (time.perf_counter(), None)
-
-    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.sanity_check is not None:
-            self.sanity_check = (self.sanity_check[0], time.perf_counter())
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.train_start = time.perf_counter()  # after the sanity check, before the training workers start
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = time.perf_counter()
@@ -134,19 +140,23 @@ class RunTimings(pl.Callback):
         return None if mark is None else round(mark - self.origin_time, 3)
 
     def to_first_step(self) -> dict[str, float] | None:
-        """Where the time to the first step went, in order (seconds; they add up to first_step_s): the interpreter,
-        imports, config and the data module's and model's construction; the Trainer's construction and the data
-        module's setup (index, image checks, split, cache); Lightning's setup (the model to the device); the sanity
-        check (a validation of two batches: its workers' start, cuDNN's first searches); and the first training step
-        (the training workers' start, the first batch, cuDNN's searches for the backward pass)."""
-        if None in (self.setup_end, self.fit_start, self.first_step_end):
-            return None  # not trained, or resumed past its first step
-        sanity_start, sanity_end = self.sanity_check if self.sanity_check and self.sanity_check[1] else (None, None)
+        """Where the time to the first step went, in order (seconds; they add up to first_step_s):
+        - the interpreter, imports and config (a later run of a process: none) and the data module's and model's
+          construction;
+        - the loggers', callbacks' and Trainer's construction, the device's start (CUDA), the trackers' runs, and
+          the data module's setup (index, image checks, split, cache);
+        - the model's setup (loss weights), its move to the device, the optimizer, a resumed checkpoint;
+        - the fit-start hooks (the gallery's studies) and the sanity check (a validation of two batches: its workers'
+          start, cuDNN's first searches);
+        - the first training step: the training workers' start, the first batch, the step (cuDNN's searches for the
+          backward pass)."""
+        if None in (self.setup_end, self.fit_start, self.train_start, self.first_step_end):
+            return None  # not trained (resumed at its last epoch, say)
         marks = [("imports, config, data module and model", self.origin_time, self.created),
-                 ("Trainer and data setup (index, checks, split, cache)", self.created, self.setup_end),
-                 ("Lightning setup (model to device)", self.setup_end, sanity_start or self.fit_start),
-                 ("sanity check", sanity_start or self.fit_start, sanity_end or self.fit_start),
-                 ("first training step (workers, first batch, step)", sanity_end or self.fit_start, self.first_step_end)]
+                 ("Trainer, device, trackers and data setup (index, checks, split, cache)", self.created, self.setup_end),
+                 ("model setup, to the device, optimizer", self.setup_end, self.fit_start),
+                 ("fit-start hooks and the sanity check", self.fit_start, self.train_start),
+                 ("first training step (workers, first batch, step)", self.train_start, self.first_step_end)]
         return {name: round(end - start, 3) for name, start, end in marks}
 
     def summary(self) -> dict:
