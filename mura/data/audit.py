@@ -56,7 +56,8 @@ def count_table(table: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
 def _inspect_image(path: str) -> dict:
     """Check and decode one file and measure what the pixel rules need (runs in worker processes)."""
     # Training's up-front check first (chunk CRCs, a complete IEND): a PNG cut after its pixel data decodes, but a
-    # training run refuses it, and the audit must name every file a run would refuse.
+    # training run refuses it, and the audit must name every file a run would refuse. For a PNG it reads no pixels;
+    # a file of another format (flagged below) is decoded twice, once by each.
     reason = check_image_file(path)
     if reason is not None:
         return {"error": reason}
