@@ -50,6 +50,33 @@ def test_gradcam_works_inside_inference_mode_and_restores_the_mode(train_mode: b
     assert maps.reshape(3, -1).std(axis=1).min() > 0  # a real map, not a constant
 
 
+@pytest.mark.parametrize("views", [1, 2, 5])
+def test_a_study_figure_shows_every_view_whole_under_a_whole_title(views: int):
+    """The fixed layout (no layout engine): the title, wrapped, and each view's title sit inside the figure, above
+    the views; the views sit side by side inside the figure, none over another."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from mura.inference.explain import overlay_figure
+
+    radiographs = [np.full((64, 48), 100, dtype=np.uint8)] * views
+    title = "XR_SHOULDER patient11184: truth abnormal, study p(abnormal) = 0.53 (best.ckpt, epoch 17) " * 2
+    figure = overlay_figure(radiographs, np.zeros((views, 64, 48)), np.full(views, 0.5), title)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    canvas = figure.bbox
+    suptitle = figure._suptitle.get_window_extent(renderer)
+    assert len(figure._suptitle.get_text().splitlines()) >= 2  # wrapped to the figure's width
+    axes = sorted(figure.axes, key=lambda axis: axis.get_position().x0)
+    assert len(axes) == views
+    for axis in axes:
+        panel, panel_title = axis.get_window_extent(renderer), axis.title.get_window_extent(renderer)
+        for box in (panel, panel_title, suptitle):
+            assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1
+        assert panel.y1 <= panel_title.y0 and panel_title.y1 <= suptitle.y0  # views, their titles, the title: no overlap
+    for left, right in zip(axes, axes[1:], strict=False):  # neighbours
+        assert left.get_window_extent(renderer).x1 <= right.get_window_extent(renderer).x0
+
+
 def validation_images(studies_per_label: dict[str, tuple[int, int]]) -> pd.DataFrame:
     """Image rows of a validation split: per body part, (normal, abnormal) studies of two views each."""
     rows = []

@@ -22,10 +22,15 @@ from torch import nn
 
 from mura.models.backbones import gradcam_layer
 
-PANEL_INCHES = 3.0  # width and height of one view
+PANEL_INCHES = 3.0  # width and height of one view, its gap included
+PANEL_GAP_INCHES = 0.05  # on each side of a view
+PANEL_TITLE_POINTS = 9
+PANEL_TITLE_INCHES = 0.3  # a view's own title (its probability) above it
 MIN_WIDTH_INCHES = 4.5  # a one-view figure still holds a readable title
 TITLE_POINTS = 10
+TITLE_LINE_INCHES = 0.2  # one line of the figure's title at TITLE_POINTS
 TITLE_CHARS_PER_INCH = 11  # a safe (wide) estimate of characters per inch at TITLE_POINTS
+MARGIN_INCHES = 0.1  # above the title and below the views
 
 
 @contextlib.contextmanager
@@ -85,18 +90,24 @@ def overlay_figure(
 
     A bare `Figure`: it needs no backend and leaves no pyplot state behind (safe in a headless training run); save it
     with `save_figure`, hand it to TensorBoard's `add_figure`, or `display` it in a notebook. The title is wrapped to
-    the figure's width, so it is whole for any number of views."""
-    width = max(PANEL_INCHES * len(radiographs), MIN_WIDTH_INCHES)
+    the figure's width, so it is whole for any number of views. The panels sit at fixed places, computed here: a
+    layout engine would draw every figure twice (a gallery is 14 of them, drawn during training)."""
+    count = len(radiographs)
+    width = max(PANEL_INCHES * count, MIN_WIDTH_INCHES)
     lines = textwrap.wrap(title, width=int(width * TITLE_CHARS_PER_INCH), break_on_hyphens=False) or [""]
-    height = PANEL_INCHES + 0.4 + 0.2 * len(lines)
-    figure = Figure(figsize=(width, height), layout="constrained")
-    axes = figure.subplots(1, len(radiographs), squeeze=False)
-    for axis, radiograph, heat, probability in zip(axes[0], radiographs, maps, probabilities, strict=True):
+    title_inches = TITLE_LINE_INCHES * len(lines) + MARGIN_INCHES
+    height = MARGIN_INCHES + PANEL_INCHES + PANEL_TITLE_INCHES + title_inches
+    figure = Figure(figsize=(width, height))
+    left = (width - PANEL_INCHES * count) / 2  # centred when the title makes the figure wider than its panels
+    side = PANEL_INCHES - 2 * PANEL_GAP_INCHES
+    for index, (radiograph, heat, probability) in enumerate(zip(radiographs, maps, probabilities, strict=True)):
+        axis = figure.add_axes(((left + index * PANEL_INCHES + PANEL_GAP_INCHES) / width, MARGIN_INCHES / height,
+                                side / width, side / height))
         axis.imshow(radiograph, cmap="gray", vmin=0, vmax=255)
         axis.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        axis.set_title(f"p(abnormal) = {probability:.2f}", fontsize=9)
-        axis.axis("off")
-    figure.suptitle("\n".join(lines), fontsize=TITLE_POINTS)
+        axis.set_title(f"p(abnormal) = {probability:.2f}", fontsize=PANEL_TITLE_POINTS)
+        axis.set_axis_off()
+    figure.suptitle("\n".join(lines), fontsize=TITLE_POINTS, y=1 - MARGIN_INCHES / 2 / height, va="top")
     return figure
 
 
