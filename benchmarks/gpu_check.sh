@@ -4,10 +4,10 @@
 #   1. the GPU-only tests (tests/test_cuda.py: device augmentation CUDA vs CPU; a bf16 fast-path training run
 #      whose steady steps are checked in CUDA's sync-debug mode);
 #   2. `python -m mura.bench bench_preset=gpu`: synthetic PNGs with MURA's longest side (512), DenseNet-169 at
-#      320 px, the paper's recipe against ours; a profile of fit's training step by phase; the tries (fused Adam,
-#      batch 256, CUDA graphs, mura.evaluate's path), one table each; last, the time a real
-#      `mura.train experiment=all_parts` takes to its first step, first epoch and first Grad-CAM gallery, with
-#      cuDNN autotuning and without. The table ends with the seconds each measurement took.
+#      320 px, the paper's recipe against ours; a profile of fit's training step by phase; the time a real
+#      `mura.train experiment=all_parts` takes to its first step, first epoch and first Grad-CAM gallery; the
+#      tries (fused Adam, batch 256, CUDA graphs, mura.evaluate's path), one table each; last, the startup run
+#      again without cuDNN autotuning. The table ends with the seconds each measurement took.
 # Fewer measurements: `runs=[profile,startup]`, `runs=[data,train,fit,infer]`; no tries: `'~tries'`.
 # bench.json, the table, the logs, the config and startup_runs.tgz (startup/: each startup run's timings.json and
 # train.log), 7 files, land in $OUT (the device tool's output folder, which brings back at most 8) or

@@ -72,19 +72,7 @@ def run_bench(cfg: DictConfig) -> dict:
         PROFILE: lambda recipe, settings: measure_profile(root, recipe, cfg.backbone, workers=cfg.workers, cache_dir=cache_dir,
                                                           **settings, **common),
     }
-    plan = [(kind, recipe, None, _settings(cfg, kind, recipe)) for recipe in ("baseline", "ours") for kind in MAIN_KINDS
-            if kind in cfg.runs]
-    if PROFILE in cfg.runs:
-        plan.append((PROFILE, "ours", None, {**_settings(cfg, "fit", "ours"), **OmegaConf.to_container(cfg.profile, resolve=True)}))
-    if STARTUP in cfg.runs:
-        plan.append((STARTUP, "ours", None, _settings(cfg, STARTUP, "ours")))
-    for name, try_settings in (cfg.get("tries") or {}).items():
-        settings = OmegaConf.to_container(try_settings, resolve=True)
-        kind = settings.pop("kind")
-        if kind in cfg.runs:
-            plan.append((kind, "ours", name, {**_settings(cfg, kind, "ours"), **settings}))
-    # Whole training runs last, the main one first: the longest measurements must not cost the others.
-    plan.sort(key=lambda entry: entry[0] == STARTUP)
+    plan = measurement_plan(cfg)
 
     result = {"device": device_name(device), "rows": [], "not_measured": [], "seconds": seconds}
     output_path = Path(cfg.paths.output_dir) / "bench.json"
@@ -119,6 +107,25 @@ def run_bench(cfg: DictConfig) -> dict:
         result["seconds"].append({"measurement": label, "seconds": round(time.perf_counter() - started, 1)})
         output_path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def measurement_plan(cfg: DictConfig) -> list[tuple[str, str, str | None, dict]]:
+    """(kind, recipe, try name or None, settings) of every measurement in cfg.runs, in the order they run: when
+    budget_s may cut the end, the main table and the profile first, then the startup run (three of issue #11's goals
+    are its figures), then the tries, and last the startup variants, a whole training run each."""
+    plan = [(kind, recipe, None, _settings(cfg, kind, recipe)) for recipe in ("baseline", "ours") for kind in MAIN_KINDS
+            if kind in cfg.runs]
+    if PROFILE in cfg.runs:
+        plan.append((PROFILE, "ours", None, {**_settings(cfg, "fit", "ours"), **OmegaConf.to_container(cfg.profile, resolve=True)}))
+    if STARTUP in cfg.runs:
+        plan.append((STARTUP, "ours", None, _settings(cfg, STARTUP, "ours")))
+    for name, try_settings in (cfg.get("tries") or {}).items():
+        settings = OmegaConf.to_container(try_settings, resolve=True)
+        kind = settings.pop("kind")
+        if kind in cfg.runs:
+            plan.append((kind, "ours", name, {**_settings(cfg, kind, "ours"), **settings}))
+    plan.sort(key=lambda entry: 2 * (entry[2] is not None) + (entry[0] == STARTUP))
+    return plan
 
 
 def _settings(cfg: DictConfig, kind: str, recipe: str) -> dict:

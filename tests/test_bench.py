@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from mura.bench import bench_table, run_bench
+from mura.bench import bench_table, measurement_plan, run_bench
 from mura.benchmarking import measurements, startup, step_profile
 from mura.data.synthetic import SyntheticConfig, plan_release
 
@@ -167,6 +167,16 @@ def test_bench_configs_have_images_for_every_timed_batch(preset: list[str]):
     train_images = sum(spec.relative_path.startswith("train/") for spec in images)
     batches = max(cfg.fit.warmup + cfg.fit.batches, cfg.profile.warmup + cfg.profile.batches)
     assert train_images >= batches * cfg.fit.ours.batch_size
+
+
+def test_the_gpu_check_runs_the_main_table_profile_and_startup_before_the_tries_and_the_startup_variant_last():
+    """budget_s may cut the end of a GPU check: what three goals hang on (startup) comes before the tries."""
+    plan = measurement_plan(compose_config(["bench_preset=gpu"], config_name="bench"))
+    labels = ["/".join(part for part in (kind, recipe, variant) if part) for kind, recipe, variant, _ in plan]
+    assert labels[:10] == [f"{kind}/{recipe}" for recipe in ("baseline", "ours") for kind in ("data", "train", "fit", "infer")] + [
+        "profile/ours", "startup/ours"]
+    assert labels[-1] == "startup/ours/startup_no_autotune"
+    assert {label.split("/")[0] for label in labels[10:-1]} == {"train", "fit", "infer"}  # the tries, in between
 
 
 def test_gpu_preset_names_only_real_settings_and_has_images_for_every_timed_batch():
