@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
-from mura.callbacks.artifacts import finish_tracking, log_config
+from mura.callbacks.artifacts import finish_tracking, log_config, record_tracker_runs
 from mura.callbacks.gradcam import GradCamGallery
 from mura.callbacks.timing import RunTimings, note_run_start, timed_after_fit
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
@@ -64,6 +64,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt_path = "last"
     refuse_to_overwrite(output_dir / "checkpoints", ckpt_path)
     log_config(trainer.loggers, cfg)  # after the refusals: a run refused at the start leaves no tracker run behind
+    record_tracker_runs(trainer.loggers, output_dir)  # so that resuming in this folder continues the tracker runs
     try:
         with warnings.catch_warnings():
             # With an on-exception checkpoint configured, Lightning reads fit(ckpt_path=None) as "resume from the

@@ -4,6 +4,7 @@ offline wandb run (read back from wandb's own record log), and the pieces that s
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from pathlib import Path
@@ -14,7 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import compose_config, tiny_training_overrides
-from mura.callbacks.artifacts import MAX_PARAMETER_LENGTH, RUN_FILES, config_parameters, default_run_name
+from mura.callbacks.artifacts import (
+    MAX_PARAMETER_LENGTH,
+    RUN_FILES,
+    TRACKER_RUNS_FILE,
+    config_parameters,
+    default_run_name,
+)
 
 
 def tiny_run(root: Path, output_dir: Path, *overrides: str) -> None:
@@ -88,6 +95,41 @@ def test_mlflow_store_reads_back_with_mlflows_own_client(synthetic_root: Path, t
 
     # The rest of logger=many: TensorBoard's event file beside the CSV logger's metrics.
     assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_its_mlflow_run_and_a_later_run_keeps_its_own_store(synthetic_root: Path, tmp_path: Path,
+                                                                                     monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, other = tmp_path / "run", tmp_path / "other"
+    tiny_run(synthetic_root, first, "logger=mlflow")
+    tiny_run(synthetic_root, first, "logger=mlflow", "trainer.max_epochs=2", "ckpt_path=last")  # resumed, same process
+    client = MlflowClient(f"sqlite:///{first / 'mlflow' / 'mlflow.db'}")
+    [run] = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+    assert json.loads((first / "tracker_runs.json").read_text()) == {"mlflow": run.info.run_id}
+    # One run holds both epochs; the settings the resume changed are tags, the first run's parameters stay.
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
+    assert (run.data.params["trainer.max_epochs"], run.data.params["ckpt_path"]) == ("1", "None")
+    assert {key: value for key, value in run.data.tags.items() if key.startswith("resumed.")} == {
+        "resumed.trainer.max_epochs": "2", "resumed.ckpt_path": "last", "resumed.model.scheduler.T_max": "2"}
+    # Lightning sets MLFLOW_TRACKING_URI for the process on a run's first log; a later run of the process (a sweep's
+    # next job) must not take it for the user's and log into the first run's store.
+    tiny_run(synthetic_root, other, "logger=mlflow")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    other_client = MlflowClient(f"sqlite:///{other / 'mlflow' / 'mlflow.db'}")
+    assert len(other_client.search_runs([experiment.experiment_id for experiment in other_client.search_experiments()])) == 1
+    assert len(client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])) == 1
+
+
+def test_a_run_folder_that_recorded_a_wandb_run_continues_it(tmp_path: Path):
+    pytest.importorskip("wandb")
+    (tmp_path / TRACKER_RUNS_FILE).write_text(json.dumps({"wandb": "abc123"}))
+    logger = instantiate(compose_config(["logger=wandb", f"paths.output_dir={tmp_path}"]).logger.wandb)
+    assert (logger._wandb_init["id"], logger._wandb_init["resume"]) == ("abc123", "allow")
+    fresh = instantiate(compose_config(["logger=wandb", f"paths.output_dir={tmp_path / 'new'}"]).logger.wandb)
+    assert fresh._wandb_init["id"] is None
 
 
 def test_mlflow_logs_to_the_tracking_uri_given(tmp_path: Path, monkeypatch):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
 from omegaconf import OmegaConf
 from PIL import Image
 from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
@@ -35,6 +37,10 @@ RUN_FILES = (
 # Lightning's MLFlowLogger keeps the first 250 characters of a parameter value and drops the rest without a word;
 # a longer value is cut here first, with a mark and a warning, the same for every tracker.
 MAX_PARAMETER_LENGTH = 250
+# The trackers' run ids of a run folder ({"mlflow": ..., "wandb": ...}): the run resumed in that folder (ckpt_path=last,
+# a requeued SLURM job) continues those tracker runs instead of starting new ones.
+TRACKER_RUNS_FILE = "tracker_runs.json"
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"  # conf/logger/mlflow.yaml reads the user's tracking server from it
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,56 @@ def default_run_name(run_dir: Path) -> str:
     return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
 
 
+def recorded_tracker_run(run_dir: str | Path, tracker: str) -> str | None:
+    """The id of the `tracker` run ("mlflow", "wandb") that `run_dir` recorded, if any (record_tracker_runs)."""
+    path = Path(run_dir) / TRACKER_RUNS_FILE
+    return json.loads(path.read_text()).get(tracker) if path.is_file() else None
+
+
+@rank_zero_only
+def record_tracker_runs(loggers: Iterable[Logger], run_dir: str | Path) -> None:
+    """Write the trackers' run ids into the run folder (after their runs exist: log_config makes them)."""
+    ids = {}
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            ids["mlflow"] = logger.run_id
+        elif isinstance(logger, WandbLogger):
+            ids["wandb"] = logger.version
+    if ids:
+        (Path(run_dir) / TRACKER_RUNS_FILE).write_text(json.dumps(ids, indent=2))
+
+
+class ContinuableMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger, able to continue a run, and leaving the process's environment as it found it.
+
+    MLflow keeps a run's parameters for good and refuses to change one, so a continued run logs only the parameters
+    the run lacks, and each one it changes (ckpt_path=last, a longer trainer.max_epochs) as the tag
+    `resumed.<name>`."""
+
+    @property
+    def experiment(self):  # noqa: D102 (Lightning's)
+        before = os.environ.get(TRACKING_URI_VARIABLE)
+        try:
+            return super().experiment
+        finally:
+            # Lightning's first access calls mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI for the whole
+            # process: the next run of a sweep in this process would take it for the user's and log into this run's store.
+            if before is None:
+                os.environ.pop(TRACKING_URI_VARIABLE, None)
+            else:
+                os.environ[TRACKING_URI_VARIABLE] = before
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        flat = _flatten_dict(_convert_params(params))
+        logged = self.experiment.get_run(self.run_id).data.params
+        super().log_hyperparams({key: value for key, value in flat.items() if key not in logged})
+        for key, value in flat.items():
+            # Lightning's own cut (250 characters) on the way in, so an unchanged long value compares equal.
+            if key in logged and logged[key] != str(value)[:250]:
+                self.experiment.set_tag(self.run_id, f"resumed.{key}", str(value))
+
+
 def mlflow_logger(
     run_dir: str | Path,
     experiment_name: str,
@@ -161,14 +217,33 @@ def mlflow_logger(
     """Lightning's MLFlowLogger, by default with a store of the run's own: without a tracking URI, SQLite at
     `<run_dir>/mlflow/mlflow.db` and the artifacts in `<run_dir>/mlflow/artifacts` (MLflow 3 refuses a plain-folder
     store unless MLFLOW_ALLOW_FILE_STORE is set; SQLite is the local store it recommends). `run_name` defaults to the
-    run folder's name; `tags` are names (each becomes the tag `name=true`) or a mapping."""
+    run folder's name; `tags` are names (each becomes the tag `name=true`) or a mapping. A run folder that recorded
+    an MLflow run (a resumed training) continues it, if this store holds it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     run_dir = Path(run_dir).resolve()
     if not tracking_uri:
         store = run_dir / "mlflow"
         store.mkdir(parents=True, exist_ok=True)  # SQLite creates the database file, not its folder
         tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
         artifact_location = artifact_location or str(store / "artifacts")
+    run_id = options.pop("run_id", None) or recorded_tracker_run(run_dir, "mlflow")
+    if run_id is not None:
+        try:
+            MlflowClient(tracking_uri).get_run(run_id)
+        except MlflowException:
+            log.warning("%s names MLflow run %s, which %s does not hold: starting a new run", run_dir / TRACKER_RUNS_FILE,
+                        run_id, tracking_uri)
+            run_id = None
     tag_values = dict(tags) if isinstance(tags, Mapping) else {str(tag): "true" for tag in tags}
-    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name or default_run_name(run_dir),
-                        tracking_uri=tracking_uri, artifact_location=artifact_location, tags=tag_values or None,
-                        **options)
+    return ContinuableMLFlowLogger(experiment_name=experiment_name, run_name=run_name or default_run_name(run_dir),
+                                   tracking_uri=tracking_uri, artifact_location=artifact_location, tags=tag_values or None,
+                                   run_id=run_id, **options)
+
+
+def wandb_logger(save_dir: str | Path, **options: Any) -> WandbLogger:
+    """Lightning's WandbLogger writing into the run folder `save_dir`; a run folder that recorded a wandb run (a
+    resumed training) continues it: the same id (Lightning asks wandb for resume="allow")."""
+    run_id = options.pop("id", None) or recorded_tracker_run(save_dir, "wandb")
+    return WandbLogger(save_dir=str(save_dir), id=run_id, **options)
