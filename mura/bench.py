@@ -40,7 +40,7 @@ PROFILE = "profile"  # ours only, fit's settings: milliseconds per step by phase
 
 
 def run_bench(cfg: DictConfig) -> dict:
-    """Every measurement in cfg.runs for both recipes, then the tries (variants of `ours`). bench.json is rewritten
+    """Every measurement in cfg.runs, in measurement_plan's order, until budget_s is spent. bench.json is rewritten
     after each one, so a run stopped part-way keeps what it measured; a measurement that fails is logged and listed
     under not_measured, and the others go on."""
     bench_started = time.perf_counter()
@@ -112,7 +112,8 @@ def run_bench(cfg: DictConfig) -> dict:
 def measurement_plan(cfg: DictConfig) -> list[tuple[str, str, str | None, dict]]:
     """(kind, recipe, try name or None, settings) of every measurement in cfg.runs, in the order they run: when
     budget_s may cut the end, the main table and the profile first, then the startup run (three of issue #11's goals
-    are its figures), then the tries, and last the startup variants, a whole training run each."""
+    are its figures), then the tries, and last the startup variants, a whole training run each. The startup run is a
+    process of its own that has ended before the tries start; they are compared with `ours` rows measured before it."""
     plan = [(kind, recipe, None, _settings(cfg, kind, recipe)) for recipe in ("baseline", "ours") for kind in MAIN_KINDS
             if kind in cfg.runs]
     if PROFILE in cfg.runs:

@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
-from mura.callbacks.artifacts import finish_tracking, log_config, record_tracker_runs
+from mura.callbacks.artifacts import continue_tracker_runs, finish_tracking, log_config, record_tracker_runs
 from mura.callbacks.gradcam import GradCamGallery
 from mura.callbacks.timing import RunTimings, note_run_start, timed_after_fit
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
@@ -53,16 +53,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # _convert_="all": every value reaching the model (the optimiser's betas, say) and so its checkpoints is a plain
     # Python value; an OmegaConf ListConfig in the optimiser state makes torch.load(weights_only=True) refuse the file.
     model = instantiate(cfg.model, _convert_="all")
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(cfg.get("logger")) or False
-    )
-    refuse_lightning_sharding(trainer.world_size, cfg.trainer.get("use_distributed_sampler", True))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
         # SLURM requeued this job (preemption, or submitit after a timeout): the same command again, in its folder.
         log.info("SLURM requeued this job (restart %s): resuming from its last checkpoint", os.environ["SLURM_RESTART_COUNT"])
         ckpt_path = "last"
     refuse_to_overwrite(output_dir / "checkpoints", ckpt_path)
+    # Only a run that resumes from a checkpoint continues the tracker runs its folder recorded: a new start in a folder
+    # that has none (a crash before the first epoch ended) logs into new ones.
+    resumes = ckpt_path is not None and (ckpt_path != "last" or any((output_dir / "checkpoints").glob("*.ckpt")))
+    logger_config = continue_tracker_runs(cfg.get("logger"), output_dir) if resumes else cfg.get("logger")
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(logger_config) or False
+    )
+    refuse_lightning_sharding(trainer.world_size, cfg.trainer.get("use_distributed_sampler", True))
     log_config(trainer.loggers, cfg)  # after the refusals: a run refused at the start leaves no tracker run behind
     record_tracker_runs(trainer.loggers, output_dir)  # so that resuming in this folder continues the tracker runs
     try:

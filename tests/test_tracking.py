@@ -20,7 +20,9 @@ from mura.callbacks.artifacts import (
     RUN_FILES,
     TRACKER_RUNS_FILE,
     config_parameters,
+    continue_tracker_runs,
     default_run_name,
+    mlflow_logger,
 )
 
 
@@ -123,13 +125,36 @@ def test_a_resumed_run_continues_its_mlflow_run_and_a_later_run_keeps_its_own_st
     assert len(client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])) == 1
 
 
-def test_a_run_folder_that_recorded_a_wandb_run_continues_it(tmp_path: Path):
+def test_a_resumed_run_hands_its_recorded_tracker_runs_to_the_loggers_that_can_continue_them(tmp_path: Path, monkeypatch):
     pytest.importorskip("wandb")
-    (tmp_path / TRACKER_RUNS_FILE).write_text(json.dumps({"wandb": "abc123"}))
-    logger = instantiate(compose_config(["logger=wandb", f"paths.output_dir={tmp_path}"]).logger.wandb)
-    assert (logger._wandb_init["id"], logger._wandb_init["resume"]) == ("abc123", "allow")
-    fresh = instantiate(compose_config(["logger=wandb", f"paths.output_dir={tmp_path / 'new'}"]).logger.wandb)
-    assert fresh._wandb_init["id"] is None
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_config(["logger=many", "+logger.wandb={_target_: mura.callbacks.artifacts.wandb_logger, offline: false}",
+                          f"paths.output_dir={tmp_path}"])
+    assert continue_tracker_runs(cfg.logger, tmp_path) is cfg.logger  # nothing recorded: nothing to continue
+    (tmp_path / TRACKER_RUNS_FILE).write_text(json.dumps({"mlflow": "0123abcd", "wandb": "abc123"}))
+    continued = continue_tracker_runs(cfg.logger, tmp_path)
+    assert (continued.mlflow.continue_run_id, continued.wandb.continue_id) == ("0123abcd", "abc123")
+    assert "continue_run_id" not in cfg.logger.mlflow and "continue_id" not in continued.csv  # a copy; only those two
+    assert instantiate(continued.wandb, save_dir=str(tmp_path))._wandb_init["id"] == "abc123"  # live: the same run
+    offline = instantiate(continued.wandb, save_dir=str(tmp_path), offline=True)
+    assert offline._wandb_init["id"] is None  # offline wandb cannot continue a run: a new one
+
+
+def test_a_recorded_mlflow_run_that_was_deleted_is_not_continued(tmp_path: Path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    first = mlflow_logger(tmp_path, "x")
+    first.log_hyperparams({"a": 1})
+    MlflowClient(first._tracking_uri).delete_run(first.run_id)
+    continued = mlflow_logger(tmp_path, "x", continue_run_id=first.run_id)
+    assert continued._run_id is None and "starting a new run" in caplog.text
+    kept = mlflow_logger(tmp_path / "kept", "x")
+    kept.log_hyperparams({"a": 1})
+    again = mlflow_logger(tmp_path / "kept", "x", continue_run_id=kept.run_id)
+    again.log_hyperparams({"a": 2, "b": 3})  # a changed parameter becomes a tag, a new one a parameter
+    run = MlflowClient(kept._tracking_uri).get_run(kept.run_id)
+    assert again.run_id == kept.run_id
+    assert (run.data.params, run.data.tags["resumed.a"]) == ({"a": "1", "b": "3"}, "2")
 
 
 def test_mlflow_logs_to_the_tracking_uri_given(tmp_path: Path, monkeypatch):

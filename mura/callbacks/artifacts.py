@@ -8,6 +8,7 @@ the run is done (`finish_tracking`).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -155,23 +156,50 @@ def default_run_name(run_dir: Path) -> str:
     return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
 
 
-def recorded_tracker_run(run_dir: str | Path, tracker: str) -> str | None:
-    """The id of the `tracker` run ("mlflow", "wandb") that `run_dir` recorded, if any (record_tracker_runs)."""
+def recorded_tracker_runs(run_dir: str | Path) -> dict[str, str]:
+    """The tracker run ids that `run_dir` recorded ({"mlflow": ..., "wandb": ...}; record_tracker_runs)."""
     path = Path(run_dir) / TRACKER_RUNS_FILE
-    return json.loads(path.read_text()).get(tracker) if path.is_file() else None
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        log.warning("%s is unreadable (%s): the tracker runs start anew", path, error)
+        return {}
 
 
 @rank_zero_only
 def record_tracker_runs(loggers: Iterable[Logger], run_dir: str | Path) -> None:
-    """Write the trackers' run ids into the run folder (after their runs exist: log_config makes them)."""
-    ids = {}
+    """Write the trackers' run ids into the run folder (after their runs exist: log_config makes them), beside the
+    ids of trackers this run does not use; atomically, so a job killed mid-write leaves the previous record."""
+    ids = recorded_tracker_runs(run_dir)
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):
             ids["mlflow"] = logger.run_id
         elif isinstance(logger, WandbLogger):
             ids["wandb"] = logger.version
     if ids:
-        (Path(run_dir) / TRACKER_RUNS_FILE).write_text(json.dumps(ids, indent=2))
+        path = Path(run_dir) / TRACKER_RUNS_FILE
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(ids, indent=2))
+        os.replace(partial, path)
+
+
+def continue_tracker_runs(logger_config: DictConfig | None, run_dir: str | Path) -> DictConfig | None:
+    """The logger group's config, with the tracker runs `run_dir` recorded handed to the loggers that can continue
+    them (mlflow_logger, wandb_logger): for a run that resumes from its own checkpoint, and only then."""
+    recorded = recorded_tracker_runs(run_dir)
+    if logger_config is None or not recorded:
+        return logger_config
+    config = copy.deepcopy(logger_config)
+    with open_dict(config):
+        for node in config.values():
+            target = node.get("_target_") if isinstance(node, DictConfig) else None
+            if target == f"{__name__}.mlflow_logger" and "mlflow" in recorded:
+                node.continue_run_id = recorded["mlflow"]
+            elif target == f"{__name__}.wandb_logger" and "wandb" in recorded:
+                node.continue_id = recorded["wandb"]
+    return config
 
 
 class ContinuableMLFlowLogger(MLFlowLogger):
@@ -188,21 +216,41 @@ class ContinuableMLFlowLogger(MLFlowLogger):
             return super().experiment
         finally:
             # Lightning's first access calls mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI for the whole
-            # process: the next run of a sweep in this process would take it for the user's and log into this run's store.
-            if before is None:
-                os.environ.pop(TRACKING_URI_VARIABLE, None)
-            else:
-                os.environ[TRACKING_URI_VARIABLE] = before
+            # process: the next run of a sweep in this process would take it for the user's and log into this run's
+            # store. Put back only when changed: this runs on every log call.
+            if os.environ.get(TRACKING_URI_VARIABLE) != before:
+                if before is None:
+                    os.environ.pop(TRACKING_URI_VARIABLE, None)
+                else:
+                    os.environ[TRACKING_URI_VARIABLE] = before
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
         flat = _flatten_dict(_convert_params(params))
         logged = self.experiment.get_run(self.run_id).data.params
         super().log_hyperparams({key: value for key, value in flat.items() if key not in logged})
-        for key, value in flat.items():
-            # Lightning's own cut (250 characters) on the way in, so an unchanged long value compares equal.
-            if key in logged and logged[key] != str(value)[:250]:
-                self.experiment.set_tag(self.run_id, f"resumed.{key}", str(value))
+        # Lightning's own cut (250 characters) on the way in, so an unchanged long value compares equal.
+        changed = [RunTag(f"resumed.{key}"[:MAX_PARAMETER_LENGTH], str(value)) for key, value in flat.items()
+                   if key in logged and logged[key] != str(value)[:250]]
+        if changed:
+            self.experiment.log_batch(self.run_id, tags=changed)
+
+
+def _continuable_mlflow_run(tracking_uri: str, run_id: str) -> bool:
+    """Whether the store holds `run_id` as a run to log into (not deleted); other errors (a server down) raise."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return False
+        raise
+    return run.info.lifecycle_stage == "active"
 
 
 def mlflow_logger(
@@ -212,38 +260,36 @@ def mlflow_logger(
     artifact_location: str | None = None,
     run_name: str | None = None,
     tags: Iterable[str] | Mapping[str, Any] = (),
+    continue_run_id: str | None = None,
     **options: Any,
 ) -> MLFlowLogger:
     """Lightning's MLFlowLogger, by default with a store of the run's own: without a tracking URI, SQLite at
     `<run_dir>/mlflow/mlflow.db` and the artifacts in `<run_dir>/mlflow/artifacts` (MLflow 3 refuses a plain-folder
     store unless MLFLOW_ALLOW_FILE_STORE is set; SQLite is the local store it recommends). `run_name` defaults to the
-    run folder's name; `tags` are names (each becomes the tag `name=true`) or a mapping. A run folder that recorded
-    an MLflow run (a resumed training) continues it, if this store holds it."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
+    run folder's name; `tags` are names (each becomes the tag `name=true`) or a mapping. `continue_run_id` (set by
+    continue_tracker_runs for a resumed run) is continued if the store holds it, not deleted; else a new run starts."""
     run_dir = Path(run_dir).resolve()
     if not tracking_uri:
         store = run_dir / "mlflow"
         store.mkdir(parents=True, exist_ok=True)  # SQLite creates the database file, not its folder
         tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
         artifact_location = artifact_location or str(store / "artifacts")
-    run_id = options.pop("run_id", None) or recorded_tracker_run(run_dir, "mlflow")
-    if run_id is not None:
-        try:
-            MlflowClient(tracking_uri).get_run(run_id)
-        except MlflowException:
-            log.warning("%s names MLflow run %s, which %s does not hold: starting a new run", run_dir / TRACKER_RUNS_FILE,
-                        run_id, tracking_uri)
-            run_id = None
+    if continue_run_id is not None and not _continuable_mlflow_run(tracking_uri, continue_run_id):
+        log.warning("the resumed run's MLflow run %s is not in %s (or was deleted): starting a new run", continue_run_id,
+                    tracking_uri)
+        continue_run_id = None
     tag_values = dict(tags) if isinstance(tags, Mapping) else {str(tag): "true" for tag in tags}
     return ContinuableMLFlowLogger(experiment_name=experiment_name, run_name=run_name or default_run_name(run_dir),
                                    tracking_uri=tracking_uri, artifact_location=artifact_location, tags=tag_values or None,
-                                   run_id=run_id, **options)
+                                   run_id=options.pop("run_id", None) or continue_run_id, **options)
 
 
-def wandb_logger(save_dir: str | Path, **options: Any) -> WandbLogger:
-    """Lightning's WandbLogger writing into the run folder `save_dir`; a run folder that recorded a wandb run (a
-    resumed training) continues it: the same id (Lightning asks wandb for resume="allow")."""
-    run_id = options.pop("id", None) or recorded_tracker_run(save_dir, "wandb")
-    return WandbLogger(save_dir=str(save_dir), id=run_id, **options)
+def wandb_logger(save_dir: str | Path, offline: bool = False, continue_id: str | None = None, **options: Any) -> WandbLogger:
+    """Lightning's WandbLogger writing into the run folder `save_dir`. `continue_id` (set by continue_tracker_runs for
+    a resumed run) is continued when logging live (the same id; Lightning asks wandb for resume="allow"). Offline it is
+    not: a second offline run of the same id, synced, would overwrite the first one's history on the server."""
+    offline = offline or os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled")
+    if continue_id is not None and offline:
+        log.info("wandb runs offline: the resumed run logs into a new wandb run (wandb cannot continue an offline run)")
+        continue_id = None
+    return WandbLogger(save_dir=str(save_dir), offline=offline, id=options.pop("id", None) or continue_id, **options)
