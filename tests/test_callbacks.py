@@ -50,8 +50,12 @@ def test_gradcam_works_inside_inference_mode_and_restores_the_mode(train_mode: b
     assert maps.reshape(3, -1).std(axis=1).min() > 0  # a real map, not a constant
 
 
-@pytest.mark.parametrize("views", [1, 2, 5])
-def test_a_study_figure_shows_every_view_whole_under_a_whole_title(views: int):
+STUDY_TITLE = "XR_SHOULDER patient11184: truth abnormal, study p(abnormal) = 0.53 (best.ckpt, epoch 17) " * 2
+WIDE_TITLE = "WWWWMMMM" * 25  # a user's folder name of wide glyphs and no spaces
+
+
+@pytest.mark.parametrize(("views", "title"), [(1, STUDY_TITLE), (2, STUDY_TITLE), (5, STUDY_TITLE), (1, WIDE_TITLE)])
+def test_a_study_figure_shows_every_view_whole_under_a_whole_title(views: int, title: str):
     """The fixed layout (no layout engine): the title, wrapped, and each view's title sit inside the figure, above
     the views; the views sit side by side inside the figure, none over another."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -59,13 +63,13 @@ def test_a_study_figure_shows_every_view_whole_under_a_whole_title(views: int):
     from mura.inference.explain import overlay_figure
 
     radiographs = [np.full((64, 48), 100, dtype=np.uint8)] * views
-    title = "XR_SHOULDER patient11184: truth abnormal, study p(abnormal) = 0.53 (best.ckpt, epoch 17) " * 2
     figure = overlay_figure(radiographs, np.zeros((views, 64, 48)), np.full(views, 0.5), title)
     renderer = FigureCanvasAgg(figure).get_renderer()
     figure.draw(renderer)
     canvas = figure.bbox
     suptitle = figure._suptitle.get_window_extent(renderer)
-    assert len(figure._suptitle.get_text().splitlines()) >= 2  # wrapped to the figure's width
+    assert len(figure._suptitle.get_text().splitlines()) >= (2 if views == 1 else 1)  # wrapped to the figure's width
+    assert "".join(figure._suptitle.get_text().split()) == "".join(title.split())  # every character kept
     axes = sorted(figure.axes, key=lambda axis: axis.get_position().x0)
     assert len(axes) == views
     for axis in axes:

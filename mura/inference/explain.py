@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
 from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
@@ -29,7 +30,7 @@ PANEL_TITLE_INCHES = 0.3  # a view's own title (its probability) above it
 MIN_WIDTH_INCHES = 4.5  # a one-view figure still holds a readable title
 TITLE_POINTS = 10
 TITLE_LINE_INCHES = 0.2  # one line of the figure's title at TITLE_POINTS
-TITLE_CHARS_PER_INCH = 11  # a safe (wide) estimate of characters per inch at TITLE_POINTS
+TITLE_FILL = 0.95  # of the figure's width a title line may take
 MARGIN_INCHES = 0.1  # above the title and below the views
 
 
@@ -83,6 +84,30 @@ def gradcam_maps(network: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, 
     return maps, probabilities
 
 
+def wrap_to_width(text: str, inches: float, points: float) -> list[str]:
+    """`text` in lines no wider than `inches` in matplotlib's default font at `points`, measured glyph by glyph (a
+    study's title holds user folder names, whose glyphs may be any width); a word wider than a line is broken."""
+    measure, font, limit = TextToPath(), FontProperties(size=points), inches * 72  # text widths come in points
+
+    def fits(line: str) -> bool:
+        return measure.get_text_width_height_descent(line, font, ismath=False)[0] <= limit
+
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        if fits(f"{line} {word}".strip()):
+            line = f"{line} {word}".strip()
+            continue
+        if line:
+            lines.append(line)
+        while not fits(word):
+            cut = next(end for end in range(len(word) - 1, 0, -1) if fits(word[:end]) or end == 1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    return [*lines, line] if line or not lines else lines
+
+
 def overlay_figure(
     radiographs: list[np.ndarray], maps: np.ndarray, probabilities: np.ndarray, title: str
 ) -> Figure:
@@ -94,7 +119,7 @@ def overlay_figure(
     layout engine would draw every figure twice (a gallery is 14 of them, drawn during training)."""
     count = len(radiographs)
     width = max(PANEL_INCHES * count, MIN_WIDTH_INCHES)
-    lines = textwrap.wrap(title, width=int(width * TITLE_CHARS_PER_INCH), break_on_hyphens=False) or [""]
+    lines = wrap_to_width(title, width * TITLE_FILL, TITLE_POINTS)
     title_inches = TITLE_LINE_INCHES * len(lines) + MARGIN_INCHES
     height = MARGIN_INCHES + PANEL_INCHES + PANEL_TITLE_INCHES + title_inches
     figure = Figure(figsize=(width, height))
