@@ -217,6 +217,8 @@ def test_wandb_offline_run_holds_metrics_config_and_files(synthetic_root: Path, 
         monkeypatch.setenv(name, str(value))
     output_dir = tmp_path / "run"
     tiny_run(synthetic_root, output_dir, "logger=wandb", "++tags=[tiny]")
+    # Lightning's offline logger sets WANDB_MODE=dryrun for the process; the next run of the process would inherit it.
+    assert os.environ["WANDB_MODE"] == "offline"
     [run_folder] = (output_dir / "wandb").glob("offline-run-*")
     records = read_finished_wandb_records(next(run_folder.glob("run-*.wandb")))
     [run] = [record.run for record in records if record.WhichOneof("record_type") == "run"]

@@ -8,11 +8,12 @@ the run is done (`finish_tracking`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -202,6 +203,22 @@ def continue_tracker_runs(logger_config: DictConfig | None, run_dir: str | Path)
     return config
 
 
+@contextlib.contextmanager
+def _environment_kept(*names: str) -> Iterator[None]:
+    """Environment variables `names` as they were before the block (set back only where changed: cheap enough for a
+    logger's every call)."""
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if os.environ.get(name) != value:
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
 class ContinuableMLFlowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger, able to continue a run, and leaving the process's environment as it found it.
 
@@ -211,18 +228,10 @@ class ContinuableMLFlowLogger(MLFlowLogger):
 
     @property
     def experiment(self):  # noqa: D102 (Lightning's)
-        before = os.environ.get(TRACKING_URI_VARIABLE)
-        try:
+        # Lightning's first access calls mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI for the whole
+        # process: the next run of a sweep in this process would take it for the user's and log into this run's store.
+        with _environment_kept(TRACKING_URI_VARIABLE):
             return super().experiment
-        finally:
-            # Lightning's first access calls mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI for the whole
-            # process: the next run of a sweep in this process would take it for the user's and log into this run's
-            # store. Put back only when changed: this runs on every log call.
-            if os.environ.get(TRACKING_URI_VARIABLE) != before:
-                if before is None:
-                    os.environ.pop(TRACKING_URI_VARIABLE, None)
-                else:
-                    os.environ[TRACKING_URI_VARIABLE] = before
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
@@ -284,6 +293,17 @@ def mlflow_logger(
                                    run_id=options.pop("run_id", None) or continue_run_id, **options)
 
 
+class EnvironmentKeepingWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, leaving the process's environment as it found it: an offline logger's first access sets
+    WANDB_MODE=dryrun for the whole process, and the next run of a sweep in this process, though configured to log
+    live, would run offline. wandb reads the variable when its run starts, so putting it back after is safe."""
+
+    @property
+    def experiment(self):  # noqa: D102 (Lightning's)
+        with _environment_kept("WANDB_MODE"):
+            return super().experiment
+
+
 def wandb_logger(save_dir: str | Path, offline: bool = False, continue_id: str | None = None, **options: Any) -> WandbLogger:
     """Lightning's WandbLogger writing into the run folder `save_dir`. `continue_id` (set by continue_tracker_runs for
     a resumed run) is continued when logging live (the same id; Lightning asks wandb for resume="allow"). Offline it is
@@ -292,4 +312,5 @@ def wandb_logger(save_dir: str | Path, offline: bool = False, continue_id: str |
     if continue_id is not None and offline:
         log.info("wandb runs offline: the resumed run logs into a new wandb run (wandb cannot continue an offline run)")
         continue_id = None
-    return WandbLogger(save_dir=str(save_dir), offline=offline, id=options.pop("id", None) or continue_id, **options)
+    return EnvironmentKeepingWandbLogger(save_dir=str(save_dir), offline=offline, id=options.pop("id", None) or continue_id,
+                                         **options)
