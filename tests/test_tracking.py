@@ -150,7 +150,9 @@ def test_a_recorded_mlflow_run_that_was_deleted_is_not_continued(tmp_path: Path,
     assert continued._run_id is None and "starting a new run" in caplog.text
     kept = mlflow_logger(tmp_path / "kept", "x")
     kept.log_hyperparams({"a": 1})
+    kept.finalize("success")
     again = mlflow_logger(tmp_path / "kept", "x", continue_run_id=kept.run_id)
+    assert MlflowClient(kept._tracking_uri).get_run(kept.run_id).info.status == "RUNNING"  # its first part had finished
     again.log_hyperparams({"a": 2, "b": 3})  # a changed parameter becomes a tag, a new one a parameter
     run = MlflowClient(kept._tracking_uri).get_run(kept.run_id)
     assert again.run_id == kept.run_id

@@ -247,19 +247,24 @@ class ContinuableMLFlowLogger(MLFlowLogger):
             self.experiment.log_batch(self.run_id, tags=changed)
 
 
-def _continuable_mlflow_run(tracking_uri: str, run_id: str) -> bool:
-    """Whether the store holds `run_id` as a run to log into (not deleted); other errors (a server down) raise."""
+def _reopen_mlflow_run(tracking_uri: str, run_id: str) -> bool:
+    """Mark `run_id` running again, if the store holds it as a run to log into (not deleted): its first part ended
+    FINISHED or FAILED. False if it does not; other errors (a server down) raise."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(tracking_uri)
     try:
-        run = MlflowClient(tracking_uri).get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException as error:
         if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return False
         raise
-    return run.info.lifecycle_stage == "active"
+    if run.info.lifecycle_stage != "active":
+        return False
+    client.update_run(run_id, status="RUNNING")
+    return True
 
 
 def mlflow_logger(
@@ -276,14 +281,15 @@ def mlflow_logger(
     `<run_dir>/mlflow/mlflow.db` and the artifacts in `<run_dir>/mlflow/artifacts` (MLflow 3 refuses a plain-folder
     store unless MLFLOW_ALLOW_FILE_STORE is set; SQLite is the local store it recommends). `run_name` defaults to the
     run folder's name; `tags` are names (each becomes the tag `name=true`) or a mapping. `continue_run_id` (set by
-    continue_tracker_runs for a resumed run) is continued if the store holds it, not deleted; else a new run starts."""
+    continue_tracker_runs for a resumed run) is continued, running again, if the store holds it, not deleted; else a
+    new run starts."""
     run_dir = Path(run_dir).resolve()
     if not tracking_uri:
         store = run_dir / "mlflow"
         store.mkdir(parents=True, exist_ok=True)  # SQLite creates the database file, not its folder
         tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
         artifact_location = artifact_location or str(store / "artifacts")
-    if continue_run_id is not None and not _continuable_mlflow_run(tracking_uri, continue_run_id):
+    if continue_run_id is not None and not _reopen_mlflow_run(tracking_uri, continue_run_id):
         log.warning("the resumed run's MLflow run %s is not in %s (or was deleted): starting a new run", continue_run_id,
                     tracking_uri)
         continue_run_id = None
