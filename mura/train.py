@@ -22,7 +22,7 @@ from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
 from mura.callbacks.artifacts import continue_tracker_runs, finish_tracking, log_config, record_tracker_runs
 from mura.callbacks.gradcam import GradCamGallery
-from mura.callbacks.timing import RunTimings, note_run_start, timed_after_fit
+from mura.callbacks.timing import note_run_start, run_timings, timed_after_fit
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
 from mura.data.index import BODY_PARTS, refuse_writes_inside
 from mura.evaluation.metrics import LOGGED_METRICS
@@ -58,10 +58,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # SLURM requeued this job (preemption, or submitit after a timeout): the same command again, in its folder.
         log.info("SLURM requeued this job (restart %s): resuming from its last checkpoint", os.environ["SLURM_RESTART_COUNT"])
         ckpt_path = "last"
-    refuse_to_overwrite(output_dir / "checkpoints", ckpt_path)
+    checkpoints = refuse_to_overwrite(output_dir / "checkpoints", ckpt_path)
     # Only a run that resumes from a checkpoint continues the tracker runs its folder recorded: a new start in a folder
     # that has none (a crash before the first epoch ended) logs into new ones.
-    resumes = ckpt_path is not None and (ckpt_path != "last" or any((output_dir / "checkpoints").glob("*.ckpt")))
+    resumes = ckpt_path is not None and (ckpt_path != "last" or bool(checkpoints))
     logger_config = continue_tracker_runs(cfg.get("logger"), output_dir) if resumes else cfg.get("logger")
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(logger_config) or False
@@ -166,20 +166,21 @@ def draw_final_galleries(trainer: pl.Trainer, model: pl.LightningModule, selecte
 
 def write_timings(trainer: pl.Trainer, output_dir: Path) -> None:
     """<run>/timings.json and one log line: the time to the first step, epoch 0 against a later one, the galleries."""
-    timings = next((callback for callback in trainer.callbacks if isinstance(callback, RunTimings)), None)
+    timings = next(iter(run_timings(trainer)), None)
     if timings is None or not trainer.is_global_zero:
         return
     (output_dir / "timings.json").write_text(json.dumps(timings.summary(), indent=2))
     log.info("timings: %s (timings.json)", timings.describe())
 
 
-def refuse_to_overwrite(checkpoint_dir: Path, ckpt_path: str | None) -> None:
+def refuse_to_overwrite(checkpoint_dir: Path, ckpt_path: str | None) -> list[str]:
     """A new run in a folder that holds checkpoints would overwrite them (and Lightning would quietly resume from
-    one): resuming is asked for by name, ckpt_path=last."""
+    one): resuming is asked for by name, ckpt_path=last. Returns the checkpoints the folder holds."""
     existing = sorted(path.name for path in checkpoint_dir.glob("*.ckpt"))
     if existing and ckpt_path is None:
         raise ConfigError(f"{checkpoint_dir} already holds {', '.join(existing)}: pass ckpt_path=last to resume that run, "
                           "or leave hydra.run.dir out (or name a new folder) to start a new one")
+    return existing
 
 
 def report_skipped(skipped: list[str], output_dir: Path, write: bool) -> None:

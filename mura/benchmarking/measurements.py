@@ -229,6 +229,7 @@ def build_fit(
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
               "precision": trainer.precision, "channels_last": channels_last, "cache": cache, "augment_on_device": augment_on_device,
               "fused_adam": fused_adam, "timed_batches": batches}
+    _reset_peak(device)  # the row's own peak, from here: fit's and the profile's alike
     return datamodule, model, trainer, config
 
 
@@ -240,7 +241,6 @@ def measure_fit(
     timer = SteadyStateWindow(warmup, last_batch=warmup + batches - 1)
     datamodule, model, trainer, config = build_fit(root, backbone, image_size, channels, batch_size, workers, bf16, channels_last,
                                                    cache, augment_on_device, batches, warmup, device, cache_dir, timer, fused_adam)
-    _reset_peak(device)
     trainer.fit(model, train_dataloaders=datamodule.train_dataloader())
     images, seconds = timer.images_per_second()
     return row("fit", recipe_name, images, seconds, device, config)

@@ -205,8 +205,7 @@ def continue_tracker_runs(logger_config: DictConfig | None, run_dir: str | Path)
 
 @contextlib.contextmanager
 def _environment_kept(*names: str) -> Iterator[None]:
-    """Environment variables `names` as they were before the block (set back only where changed: cheap enough for a
-    logger's every call)."""
+    """Environment variables `names` as they were before the block (set back only where changed)."""
     before = {name: os.environ.get(name) for name in names}
     try:
         yield
@@ -228,6 +227,8 @@ class ContinuableMLFlowLogger(MLFlowLogger):
 
     @property
     def experiment(self):  # noqa: D102 (Lightning's)
+        if self._initialized:  # every log call comes here; only the first access touches the environment
+            return super().experiment
         # Lightning's first access calls mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI for the whole
         # process: the next run of a sweep in this process would take it for the user's and log into this run's store.
         with _environment_kept(TRACKING_URI_VARIABLE):
@@ -242,7 +243,7 @@ class ContinuableMLFlowLogger(MLFlowLogger):
         super().log_hyperparams({key: value for key, value in flat.items() if key not in logged})
         # Lightning's own cut (250 characters) on the way in, so an unchanged long value compares equal.
         changed = [RunTag(f"resumed.{key}"[:MAX_PARAMETER_LENGTH], str(value)) for key, value in flat.items()
-                   if key in logged and logged[key] != str(value)[:250]]
+                   if key in logged and logged[key] != str(value)[:MAX_PARAMETER_LENGTH]]
         if changed:
             self.experiment.log_batch(self.run_id, tags=changed)
 
@@ -306,6 +307,8 @@ class EnvironmentKeepingWandbLogger(WandbLogger):
 
     @property
     def experiment(self):  # noqa: D102 (Lightning's)
+        if self._experiment is not None:  # every log call comes here; only the first access touches the environment
+            return super().experiment
         with _environment_kept("WANDB_MODE"):
             return super().experiment
 

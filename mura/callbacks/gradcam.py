@@ -80,8 +80,9 @@ class GradCamGallery(pl.Callback):
             title = f"{first['body_part']} {first['patient']}: truth {label}, study p(abnormal) = {{probability:.2f}} ({when})"
             figure, _ = study_heatmap_figure(pl_module.network, inputs, raw, title)
             name = f"{first['body_part']}_{first['patient']}_{Path(first['study']).name}"
-            save_figure(figure, self.output_dir / folder / f"{name}.png")
-            written.append(RunFile(self.output_dir.parent, f"{self.output_dir.name}/{folder}/{name}.png", f"gradcam/{name}"))
+            file = RunFile(self.output_dir.parent, f"{self.output_dir.name}/{folder}/{name}.png", f"gradcam/{name}")
+            save_figure(figure, file.path)
+            written.append(file)
         publish(trainer.loggers, written, trainer.global_step)
         record_drawing(trainer, "gallery", folder, started)
         log.info("Grad-CAM gallery: %d studies in %s (%.1f s)", len(written), self.output_dir / folder, time.perf_counter() - started)

@@ -199,14 +199,15 @@ class RunTimings(pl.Callback):
         return "; ".join(parts)
 
 
-def _run_timings(trainer: pl.Trainer) -> list[RunTimings]:
+def run_timings(trainer: pl.Trainer) -> list[RunTimings]:
+    """The run's RunTimings callbacks (none or one)."""
     return [callback for callback in trainer.callbacks if isinstance(callback, RunTimings)]
 
 
 def record_drawing(trainer: pl.Trainer, kind: str, name: str, started: float) -> None:
     """Tell the run's RunTimings (if any) that a figure was drawn from `started` (perf_counter) until now."""
     ended = time.perf_counter()
-    for timings in _run_timings(trainer):
+    for timings in run_timings(trainer):
         timings.record_drawing(kind, name, trainer.current_epoch, started, ended)
 
 
@@ -215,5 +216,5 @@ def timed_after_fit(trainer: pl.Trainer, name: str) -> Iterator[None]:
     """Time a step after fit (the test, the final gallery, the reports) into the run's timings as `<name>_s`."""
     started = time.perf_counter()
     yield
-    for timings in _run_timings(trainer):
+    for timings in run_timings(trainer):
         timings.after_fit[f"{name}_s"] = round(time.perf_counter() - started, 3)

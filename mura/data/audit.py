@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mura.data.images import ImageDecodeError, image_format, load_grayscale
+from mura.data.images import ImageDecodeError, image_format
 from mura.data.index import BODY_PARTS, OFFICIAL_SPLITS, Problem, scan_release
-from mura.data.verify import check_image_file
+from mura.data.verify import load_checked_grayscale
 
 NEAR_BLANK_STD = 4.0  # grey levels; real radiographs sit far above
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 64, 2048, 4.0
@@ -55,14 +55,10 @@ def count_table(table: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
 
 def _inspect_image(path: str) -> dict:
     """Check and decode one file and measure what the pixel rules need (runs in worker processes)."""
-    # Training's up-front check first (chunk CRCs, a complete IEND): a PNG cut after its pixel data decodes, but a
-    # training run refuses it, and the audit must name every file a run would refuse. For a PNG it reads no pixels;
-    # a file of another format (flagged below) is decoded twice, once by each.
-    reason = check_image_file(path)
-    if reason is not None:
-        return {"error": reason}
+    # Training's check first: the audit must name every file a run would refuse. For a PNG it reads no pixels; a
+    # file of another format (flagged below) is decoded twice, once by the check.
     try:
-        pixels = load_grayscale(path)
+        pixels = load_checked_grayscale(path)
     except ImageDecodeError as error:
         return {"error": error.reason}
     height, width = pixels.shape

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mura.data.images import ImageDecodeError, load_grayscale
+from mura.data.images import ImageDecodeError
 from mura.data.parallel import map_in_processes
 from mura.data.transforms import resize_square
-from mura.data.verify import check_image_file
+from mura.data.verify import load_checked_grayscale
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,9 @@ def _decode_rows(job: tuple[str, str, list[tuple[int, str]], int, int, str]) -> 
     array = np.memmap(array_path, dtype=np.uint8, mode="r+", shape=(total, image_size, image_size))
     failures = []
     for position, path in rows:
-        # The same file check as with the cache off (a PNG cut before IEND decodes, but is not the file it was),
-        # so one release gives one verdict whichever path reads it.
-        reason = check_image_file(Path(root) / path)
-        if reason is not None:
-            failures.append((position, reason))
-            continue
+        # The same file check as with the cache off, so one release gives one verdict whichever path reads it.
         try:
-            pixels = torch.from_numpy(load_grayscale(Path(root) / path)).unsqueeze(0)
+            pixels = torch.from_numpy(load_checked_grayscale(Path(root) / path)).unsqueeze(0)
         except ImageDecodeError as error:
             failures.append((position, error.reason))
             continue

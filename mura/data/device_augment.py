@@ -70,9 +70,15 @@ class DeviceAugmentation(torch.nn.Module):
             theta = theta.to(images.device, non_blocking=True)
             grid = F.affine_grid(theta, list(images.shape), align_corners=False)
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return self.normalize(images)
+
+    def normalize(self, images: torch.Tensor, floor: float | None = None) -> torch.Tensor:
+        """Float (N, 1, S, S) in [0, 1] -> the network's input (N, channels, S, S): ImageNet mean/std (paper) or
+        per-image standardisation (seed), channels repeated. `floor`, the seed recipe's lowest std, is 1/sqrt(pixels)
+        (tf.image.per_image_standardization's); an exported graph passes it as a constant."""
         if self.recipe == "seed":
             flat = images.flatten(1)
-            floor = 1.0 / math.sqrt(flat.shape[1])
+            floor = 1.0 / math.sqrt(flat.shape[1]) if floor is None else floor
             std = flat.std(dim=1, unbiased=False).clamp_min(floor)
             images = (images - flat.mean(dim=1).view(-1, 1, 1, 1)) / std.view(-1, 1, 1, 1)
             return images.expand(-1, self.channels, -1, -1)

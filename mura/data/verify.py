@@ -35,9 +35,10 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mura.data.images import DEFAULT_MAX_PIXELS
+from mura.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_grayscale
 from mura.data.parallel import map_in_processes
 
 _IEND_CRC = struct.pack(">I", zlib.crc32(b"IEND"))
@@ -87,6 +88,15 @@ def check_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXE
         return f"decompression bomb refused ({error})"
     except Exception as error:  # any failure of a malformed file is a reason, not a crash
         return _unreadable(error)
+
+
+def load_checked_grayscale(path: str | os.PathLike) -> np.ndarray:
+    """`load_grayscale` after `check_image_file`: one verdict on a file whoever reads it (a PNG cut after its pixel
+    data decodes, but is not the file it was). Raises ImageDecodeError with the check's reason."""
+    reason = check_image_file(path)
+    if reason is not None:
+        raise ImageDecodeError(path, reason)
+    return load_grayscale(path)
 
 
 def _check_chunk(job: tuple[str, list[str], int]) -> list[tuple[str, str]]:

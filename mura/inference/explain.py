@@ -105,7 +105,7 @@ def wrap_to_width(text: str, inches: float, points: float) -> list[str]:
             lines.append(word[:cut])
             word = word[cut:]
         line = word
-    return [*lines, line] if line or not lines else lines
+    return [*lines, line]  # an empty title is one empty line
 
 
 def overlay_figure(

@@ -26,6 +26,7 @@ from torch import nn
 
 from mura import __version__
 from mura.app.errors import ConfigError
+from mura.data.device_augment import DeviceAugmentation
 from mura.data.transforms import build_transforms, imagenet_normalize
 from mura.models.classifier import MuraClassifier
 
@@ -48,39 +49,27 @@ class ExportMismatchError(RuntimeError):
 
 
 class DeployableClassifier(nn.Module):
-    """N x 1 x S x S grayscale in [0, 1] -> (logit, probability): the recipe's normalisation, then the network."""
+    """N x 1 x S x S grayscale in [0, 1] -> (logit, probability): the recipe's normalisation (the training's own,
+    DeviceAugmentation.normalize), then the network."""
 
-    def __init__(self, network: nn.Module, recipe: str, channels: int, image_size: int):
+    def __init__(self, network: nn.Module, normalization: DeviceAugmentation, image_size: int):
         super().__init__()
-        if recipe not in ("paper", "seed"):
-            raise ValueError(f"no export recipe for {recipe!r}")
         self.network = network
-        self.recipe = recipe
-        self.channels = channels
-        if recipe == "paper":
-            normalize = imagenet_normalize(channels)
-            self.register_buffer("mean", torch.tensor(normalize.mean, dtype=torch.float32).view(1, channels, 1, 1))
-            self.register_buffer("std", torch.tensor(normalize.std, dtype=torch.float32).view(1, channels, 1, 1))
-        # tf.image.per_image_standardization's floor, 1/sqrt(pixels), of an S x S image (the seed recipe).
+        self.normalization = normalization
+        # The seed recipe's std floor, 1/sqrt(pixels) of an S x S image, as a constant: taken from the input's shape
+        # inside a traced graph, it would be recorded as a tensor-to-float conversion (with a warning).
         self.standardize_floor = 1.0 / image_size
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.recipe == "paper":
-            normalized = (images.expand(-1, self.channels, -1, -1) - self.mean) / self.std
-        else:
-            pixels = images.flatten(1)
-            mean = pixels.mean(dim=1).view(-1, 1, 1, 1)
-            std = pixels.std(dim=1, unbiased=False).clamp_min(self.standardize_floor).view(-1, 1, 1, 1)
-            normalized = ((images - mean) / std).expand(-1, self.channels, -1, -1)
-        logit = self.network(normalized).flatten()
+        logit = self.network(self.normalization.normalize(images, self.standardize_floor)).flatten()
         return logit, torch.sigmoid(logit)
 
 
 def deployable(model: MuraClassifier) -> DeployableClassifier:
     """The exported module, on the CPU, in eval mode; a copy, so the caller's model stays where it was."""
-    hparams = model.hparams
     network = copy.deepcopy(model.network).to("cpu").eval()
-    return DeployableClassifier(network, hparams.recipe, hparams.in_channels, hparams.image_size).eval()
+    normalization = copy.deepcopy(model.device_augmentation).to("cpu")
+    return DeployableClassifier(network, normalization, model.hparams.image_size).eval()
 
 
 def example_input(model: MuraClassifier, batch: int = EXAMPLE_BATCH, seed: int = 0) -> torch.Tensor:
