@@ -34,7 +34,9 @@ def test_a_sweep_is_one_table_sorted_by_validation_with_unfinished_jobs_reported
     (sweep / "2" / ".hydra").mkdir(parents=True)  # a job still running: no metrics.json yet
     evaluation = tmp_path / "evaluation"  # a mura.evaluate folder: metrics, no history
     evaluation.mkdir()
-    shutil.copy(run_dir / "metrics.json", evaluation / "metrics.json")
+    evaluated = json.loads((run_dir / "metrics.json").read_text())
+    evaluated["study"]["overall"]["kappa_ci95"] = [-0.12, 0.21]  # a small split's interval crosses zero
+    (evaluation / "metrics.json").write_text(json.dumps(evaluated))
 
     sweep_only = summarize(compose_config([f"runs={sweep}", f"paths.output_dir={tmp_path / 'sweep_summary'}"],
                                           config_name="summarize"))
@@ -58,6 +60,9 @@ def test_a_sweep_is_one_table_sorted_by_validation_with_unfinished_jobs_reported
     assert table["study_kappa"].tolist() == [test_kappa] * 3
     assert {f"kappa_{part}" for part in ("XR_WRIST", "XR_HAND")} <= set(table.columns)
     assert (tmp_path / "out" / "summary.md").read_text() == markdown
+    # "-0.120-0.210" would read as a range of negatives
+    evaluation_row = next(line for line in markdown.splitlines() if line.startswith(f"| {evaluation} "))
+    assert f"{test_kappa:.3f} (-0.120 to 0.210)" in evaluation_row
 
 
 def test_a_maximised_rule_sorts_highest_first_and_mixed_rules_are_not_ranked(trained_run, tmp_path: Path):

@@ -287,6 +287,12 @@ def format_metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def format_interval(low: float | None, high: float | None) -> str:
+    """"0.482 to 0.748", or n/a when either end is undefined. "to", not a hyphen: "-0.258-0.674" reads as a range
+    of negatives, and kappa's intervals cross zero on small splits."""
+    return "n/a" if low is None or high is None else f"{low:.3f} to {high:.3f}"
+
+
 def flatten_for_logging(report: dict, prefix: str) -> dict[str, float]:
     """{"val/study/kappa": ..., "val/study/XR_WRIST/kappa": ...}: the `LOGGED_METRICS` of every group. An undefined
     one (AUROC of a one-class split, say) is logged as NaN rather than left out, so a checkpoint or early-stopping

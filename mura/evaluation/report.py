@@ -20,6 +20,7 @@ from mura.evaluation.metrics import (
     CALIBRATION_BINS,
     aggregate_studies,
     calibration_metrics,
+    format_interval,
     format_metric,
     reliability_bins,
 )
@@ -78,7 +79,7 @@ def comparison_table(report: dict) -> pd.DataFrame:
                 "study type": name,
                 "studies": metrics["n"],
                 "this model": f"{format_metric(metrics['kappa'])} ({_fmt_ci(metrics.get('kappa_ci95'))})",
-                "paper model": f"{paper_model:.3f}" + (f" ({paper_ci[0]:.3f}-{paper_ci[1]:.3f})" if paper_ci else ""),
+                "paper model": f"{paper_model:.3f}" + (f" ({format_interval(*paper_ci)})" if paper_ci else ""),
                 "radiologist 1": f"{rad1:.3f}",
                 "radiologist 2": f"{rad2:.3f}",
                 "radiologist 3": f"{rad3:.3f}",
@@ -407,5 +408,4 @@ def write_run_outputs(
 
 
 def _fmt_ci(interval: list[float] | None) -> str:
-    # "to", not a hyphen: "-0.258-0.674" reads as a range of negatives.
-    return f"{interval[0]:.3f} to {interval[1]:.3f}" if interval else "n/a"
+    return format_interval(*interval) if interval else "n/a"

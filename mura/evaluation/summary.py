@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from mura.app.errors import ConfigError
-from mura.evaluation.metrics import format_metric
+from mura.evaluation.metrics import format_interval, format_metric
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -165,7 +165,7 @@ def summary_markdown(table: pd.DataFrame, common: list[str], skipped: list[tuple
             "selected epoch": table["best_epoch"].map(_count),
             "selection": table["selection"].fillna(""), "selected score": table["selection_score"].map(_number),
             "val loss": table["val_loss"].map(_number), "val study kappa": table["val_study_kappa"].map(_number),
-            "study kappa (95% CI)": [f"{format_metric(_value(k))} ({format_metric(_value(lo))}-{format_metric(_value(hi))})"
+            "study kappa (95% CI)": [f"{format_metric(_value(k))} ({format_interval(_value(lo), _value(hi))})"
                                      for k, lo, hi in zip(table["study_kappa"], table["kappa_ci_low"], table["kappa_ci_high"], strict=True)],
             "study AUROC": table["study_auroc"].map(_number), "studies": table["studies"].map(_count),
         })
