@@ -46,7 +46,7 @@ def test_evaluate_reproduces_the_training_test_numbers(trained_run, synthetic_ro
     for name in ("metrics.json", "report.md", "roc.png", "confusion.png", "predictions_images.csv"):
         assert (tmp_path / name).is_file()
     markdown = (tmp_path / "report.md").read_text()
-    assert "| overall" in markdown and "0.705 (0.700-0.710)" in markdown  # the paper's overall kappa beside ours
+    assert "| overall" in markdown and "0.705 (0.700 to 0.710)" in markdown  # the paper's overall kappa beside ours
 
 
 def test_evaluation_from_the_cache_with_normalisation_on_the_device_equals_the_plain_path(

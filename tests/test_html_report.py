@@ -154,7 +154,7 @@ def test_every_table_and_the_run_identity_are_there(training_run):
     overall = report["study"]["overall"]
     low, high = overall["kappa_ci95"]
     assert comparison[-1][:4] == ["overall", str(overall["n"]), f"{overall['kappa']:.3f} ({low:.3f} to {high:.3f})",
-                                  "0.705 (0.700-0.710)"]
+                                  "0.705 (0.700 to 0.710)"]
     for level in ("study", "image"):
         table = page.table_with_header(level)
         assert [row[0] for row in table[1:]] == [*PARTS, "overall"]

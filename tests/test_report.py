@@ -169,13 +169,14 @@ def test_calibration_section_in_the_markdown_report():
 
 def test_reliability_diagram_per_body_part_with_bin_counts(tmp_path, saved_figures):
     studies = aggregate_studies(images_table(120, seed=3))
-    plot_calibration(studies, tmp_path / "calibration.png")
+    report = metrics_report(images_table(120, seed=3), bootstrap=0)
+    plot_calibration(studies, report["study"], tmp_path / "calibration.png")
     assert (tmp_path / "calibration.png").stat().st_size > 0
     axes = saved_figures[0].axes
     assert len(axes) == 2 * (1 + len(PARTS))  # a reliability panel and a histogram for overall and each part
     groups = [("overall", studies), *studies.groupby("body_part")]
     for (name, frame), reliability, counts in zip(groups, axes[0::2], axes[1::2], strict=True):
-        assert reliability.get_title().startswith(f"{name} (n={len(frame)}, ECE ")
+        assert reliability.get_title() == f"{name} (n={len(frame)}, ECE {report['study'][name]['ece']:.3f})"  # metrics.json's
         bins = reliability_bins(frame["label"].to_numpy(), frame["probability"].to_numpy())
         diagonal, model = reliability.get_lines()
         assert list(diagonal.get_xdata()) == [0, 1] and list(diagonal.get_ydata()) == [0, 1]

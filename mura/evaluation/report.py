@@ -19,7 +19,6 @@ from mura.evaluation.html_report import ReportContent, write_report_html
 from mura.evaluation.metrics import (
     CALIBRATION_BINS,
     aggregate_studies,
-    calibration_metrics,
     format_interval,
     format_metric,
     reliability_bins,
@@ -253,10 +252,12 @@ def plot_confusion(studies: pd.DataFrame, threshold: float, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def plot_calibration(studies: pd.DataFrame, path: Path, bins: int = CALIBRATION_BINS) -> None:
+def plot_calibration(studies: pd.DataFrame, study_metrics: dict, path: Path) -> None:
     """Study-level reliability diagrams, overall and per body part: the fraction of abnormal studies against the mean
-    p(abnormal) in each of `bins` equal-width bins (the ECE's), the diagonal for perfect calibration, and under each
-    the number of studies per bin (bars, counts written on them)."""
+    p(abnormal) in each of the ECE's equal-width bins, the diagonal for perfect calibration, and under each the number
+    of studies per bin (bars, counts written on them). `study_metrics` is the report's "study" level: each panel's
+    title shows the ECE of metrics.json, over its `ece_bins`, not a second computation of it."""
+    bins = study_metrics["overall"]["ece_bins"]
     groups = [("overall", studies), *studies.groupby("body_part", sort=True)]
     columns = min(4, len(groups))
     rows = int(np.ceil(len(groups) / columns))
@@ -273,7 +274,7 @@ def plot_calibration(studies: pd.DataFrame, path: Path, bins: int = CALIBRATION_
         counts = figure.add_subplot(cell[1], sharex=reliability)
         table = reliability_bins(frame["label"].to_numpy(), frame["probability"].to_numpy(), bins)
         filled = table[table["count"] > 0]
-        ece = calibration_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy(), bins)["ece"]
+        ece = study_metrics[name]["ece"]
         reliability.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=0.8, label="perfectly calibrated")
         reliability.plot(filled["mean_probability"], filled["fraction_abnormal"], marker="o", markersize=4,
                          color="C0" if name != "overall" else "black", label="this model")
@@ -403,7 +404,7 @@ def write_run_outputs(
     (output_dir / "report.md").write_text(report_markdown(content))
     plot_roc(studies, output_dir / "roc.png")
     plot_confusion(studies, threshold, output_dir / "confusion.png")
-    plot_calibration(studies, output_dir / "calibration.png")
+    plot_calibration(studies, report["study"], output_dir / "calibration.png")
     write_report_html(output_dir, content)
 
 
