@@ -23,11 +23,11 @@ def summarize(cfg: DictConfig) -> str:
     folders = expand_paths(cfg.runs, "runs", keep=os.path.isdir)
     runs = [run for run in find_runs(folders) if run.resolve() != output_dir.resolve()]
     table, common, skipped = summarize_runs(runs)
+    cross_validation = cross_validation_table(table)
     output_dir.mkdir(parents=True, exist_ok=True)
-    markdown = summary_markdown(table, common, skipped)
+    markdown = summary_markdown(table, cross_validation, common, skipped)
     (output_dir / "summary.md").write_text(markdown)
     table.to_csv(output_dir / "summary.csv", index=False)
-    cross_validation = cross_validation_table(table)
     if not cross_validation.empty:
         cross_validation.to_csv(output_dir / "summary_cv.csv", index=False)
     if skipped:

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config
+from conftest import CONF_DIR, compose_config
 from mura.app.errors import CheckpointError, ConfigError
 from mura.app.paths import expand_paths
 from mura.evaluate import evaluate
@@ -45,6 +46,9 @@ def test_evaluate_reproduces_the_training_test_numbers(trained_run, synthetic_ro
     assert np.allclose(ours.loc[theirs.index, "probability"], theirs["probability"], atol=1e-6)
     for name in ("metrics.json", "report.md", "roc.png", "confusion.png", "predictions_images.csv"):
         assert (tmp_path / name).is_file()
+    written = sorted(path.name for path in tmp_path.iterdir())
+    help_text = OmegaConf.load(CONF_DIR / "evaluate.yaml").hydra.help.template
+    assert [name for name in written if name not in help_text] == []  # --help names every file it writes
     markdown = (tmp_path / "report.md").read_text()
     assert "| overall" in markdown and "0.705 (0.700 to 0.710)" in markdown  # the paper's overall kappa beside ours
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -147,6 +148,12 @@ class Section:
                 + "\n</section>")
 
 
+def _present_figures(run_dir: Path, figures: Sequence[RunFigure]) -> list[str]:
+    """figure_html of each of `figures` whose file the folder holds; an evaluation has no curves, a run cut short no
+    calibration figure."""
+    return [figure_html(run_dir / figure.file, figure.caption) for figure in figures if (run_dir / figure.file).is_file()]
+
+
 def _note(text: str) -> str:
     return f'<p class="note">{text_html(text)}</p>'
 
@@ -161,12 +168,11 @@ def report_sections(content: ReportContent, run_dir: Path) -> list[Section]:
         ]),
         Section("study", "Study level", "Study level", [
             table_html(content.study_table),
-            *(figure_html(run_dir / figure.file, figure.caption) for figure in STUDY_FIGURES if (run_dir / figure.file).is_file()),
+            *_present_figures(run_dir, STUDY_FIGURES),
         ]),
         Section("calibration", "Calibration", "Calibration: are the probabilities honest?", [
             table_html(content.calibration_table), _note(content.calibration_note),
-            *([figure_html(run_dir / CALIBRATION_FIGURE.file, CALIBRATION_FIGURE.caption)]
-              if (run_dir / CALIBRATION_FIGURE.file).is_file() else []),
+            *_present_figures(run_dir, [CALIBRATION_FIGURE]),
         ]),
         Section("image", "Image level", "Image level", [
             _note("For comparison with image-level numbers such as the seed notebook's accuracy."),
@@ -181,8 +187,9 @@ def report_sections(content: ReportContent, run_dir: Path) -> list[Section]:
                      _note("Training and validation patients are carved out of the official train split; the test split "
                            "is the official valid split. One row per body part and an `all` row per split."),
                      table_html(split, "split")]
-    if (run_dir / CURVES_FIGURE.file).is_file():
-        training += ["<h3>Learning curves</h3>", figure_html(run_dir / CURVES_FIGURE.file, CURVES_FIGURE.caption)]
+    curves = _present_figures(run_dir, [CURVES_FIGURE])
+    if curves:
+        training += ["<h3>Learning curves</h3>", *curves]
     if training:
         sections.append(Section("training", "Data and training", "Data and training", training))
     gallery = sorted((run_dir / GALLERY_DIR).glob("*.png"))

@@ -147,8 +147,10 @@ def _test(study: dict) -> dict:
     return result
 
 
-def summary_markdown(table: pd.DataFrame, common: list[str], skipped: list[tuple[str, str]]) -> str:
-    """The table for people: kappa with its CI in one cell, three decimals, n/a where undefined."""
+def summary_markdown(table: pd.DataFrame, cross_validation: pd.DataFrame, common: list[str],
+                     skipped: list[tuple[str, str]]) -> str:
+    """The table for people: kappa with its CI in one cell, three decimals, n/a where undefined; then the
+    `cross_validation_table(table)`, if any run was a fold."""
     rules = selection_rules(table)
     if len(rules) == 1:
         order = f"sorted by their selection rule, {rules[0]}, at the selected epoch"
@@ -172,7 +174,6 @@ def summary_markdown(table: pd.DataFrame, common: list[str], skipped: list[tuple
         for column in [name for name in table.columns if name.startswith("kappa_XR_")]:
             shown[column.removeprefix("kappa_")] = table[column].map(_number)
         lines += ["", shown.to_markdown(index=False)]
-    cross_validation = cross_validation_table(table)
     if not cross_validation.empty:
         lines += ["", "Cross-validation: each setting's folds (validation study kappa and AUROC at each fold's selected "
                   "epoch, mean +- sd over folds; sorted by the mean kappa, never by test):", "",

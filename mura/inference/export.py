@@ -27,7 +27,7 @@ from torch import nn
 from mura import __version__
 from mura.app.errors import ConfigError
 from mura.data.device_augment import DeviceAugmentation
-from mura.data.transforms import build_transforms, imagenet_normalize
+from mura.data.transforms import imagenet_normalize
 from mura.models.classifier import MuraClassifier
 
 log = logging.getLogger(__name__)
@@ -148,10 +148,8 @@ def run_exported(path: str | Path, images: torch.Tensor) -> dict[str, torch.Tens
 
 
 def reference_logits(model: MuraClassifier, images: torch.Tensor) -> torch.Tensor:
-    """PyTorch's logits by the classifier's own evaluation pipeline (mura.data.transforms, less the resize the
-    images already had)."""
-    hparams = model.hparams
-    transform = build_transforms(hparams.recipe, hparams.image_size, hparams.in_channels, train=False, resize=False)
+    """PyTorch's logits by the classifier's own evaluation pipeline, less the resize the images already had."""
+    transform = model.eval_transform(resize=False)
     device = next(model.parameters()).device
     with torch.inference_mode():
         batch = torch.stack([transform(image) for image in images]).to(device)

@@ -202,10 +202,12 @@ class MuraClassifier(pl.LightningModule):
 
     # -- optimisation and checkpoints ----------------------------------------------------------------------
 
-    def eval_transform(self):
-        """The deterministic preprocessing this network expects, from raw uint8 1 x H x W images."""
+    def eval_transform(self, resize: bool = True):
+        """The deterministic preprocessing this network expects, from raw uint8 1 x H x W images; `resize=False`
+        for images already at the network's size (the exported model's input)."""
         hparams = self.hparams
-        return build_transforms(hparams.recipe, hparams.image_size, hparams.in_channels, train=False, resize_mode=hparams.resize)
+        return build_transforms(hparams.recipe, hparams.image_size, hparams.in_channels, train=False, resize=resize,
+                                resize_mode=hparams.resize)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The model's own training callbacks: weight averaging when `ema` asks for it."""
