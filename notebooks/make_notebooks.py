@@ -89,13 +89,15 @@ from mura.evaluation.report import comparison_table, metrics_table
 run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))
 print("run folder:", run_dir.resolve())
 hydra_dir = run_dir / ".hydra"  # what `python -m mura.train` recorded about the run
-if (hydra_dir / "config.yaml").is_file():
+if (hydra_dir / "hydra.yaml").is_file():
+    # Hydra's own record of the run: the config group choices it composed (experiment among them) and the overrides
+    recorded = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
     task = OmegaConf.load(hydra_dir / "config.yaml").get("task_name")
-    overrides = list(OmegaConf.load(hydra_dir / "overrides.yaml")) if (hydra_dir / "overrides.yaml").is_file() else []
-    experiment = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")), None)
-    print(f"task: {task}, experiment: {experiment or '- (none)'}, overrides: {' '.join(overrides) or '-'}")
+    experiment = recorded.runtime.choices.get("experiment")
+    overrides = " ".join(recorded.overrides.task) or "-"
+    print(f"task: {task}, experiment: {experiment or '- (none)'}, overrides: {overrides}")
 else:
-    print("no .hydra/config.yaml in it: its task and experiment were not recorded")
+    print("no .hydra/hydra.yaml in it: its task and experiment were not recorded")
 history = json.loads((run_dir / "history.json").read_text())
 pd.DataFrame(history).set_index("epoch").round(3)'''),
         new_markdown_cell("## Learning curves and the train-validation gap"),
