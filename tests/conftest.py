@@ -93,8 +93,11 @@ def tiny_training_overrides(root: Path, output_dir: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def trained_run(synthetic_root: Path, tmp_path_factory) -> tuple[Path, dict]:
     """One real two-epoch training run on the tiny tree, shared by the tests that read run folders."""
+    from mura.callbacks import timing
     from mura.train import train
 
+    # Counted from its own start, whichever test runs first in this process (tests/test_callbacks.py tests the origins)
+    timing._process_start_claimed = True
     output_dir = tmp_path_factory.mktemp("trained_run")
     metrics = train(compose_config([*tiny_training_overrides(synthetic_root, output_dir), "callbacks.gradcam.every_n_epochs=1"]))
     return output_dir, metrics

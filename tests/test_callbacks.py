@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mura.callbacks.curves import draw_curves, overfitting_onset
+from mura.callbacks import timing
+from mura.callbacks.curves import curves_figure, draw_curves, overfitting_onset
 from mura.callbacks.gradcam import choose_gallery_studies
 from mura.callbacks.timing import RunTimings
 from mura.data.index import BODY_PARTS
@@ -34,6 +35,14 @@ def test_curves_png_is_drawn_and_marks_the_onset(tmp_path: Path):
     assert draw_curves(history, path) == 2
     with Image.open(path) as image:
         assert image.size[0] > image.size[1] > 100
+    figure, onset = curves_figure(history)  # what draw_curves saved
+    assert onset == 2
+    for axis in figure.axes:  # the onset is marked on every panel
+        marks = [line for line in axis.get_lines() if line.get_label() == "overfitting starts"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [2, 2]
+    improving, none = curves_figure(history[:3])
+    assert none is None
+    assert [line for axis in improving.axes for line in axis.get_lines() if line.get_label() == "overfitting starts"] == []
 
 
 @pytest.mark.parametrize("train_mode", [True, False])
@@ -132,9 +141,16 @@ def test_process_start_time_is_when_the_process_began_not_when_mura_was_imported
     assert launched - 0.05 < started < launched + 0.5
 
 
-def test_a_second_run_in_one_process_counts_from_its_own_start():
-    RunTimings()  # the process's first run (or a later one, if another test made the first)
+def test_the_first_run_counts_from_the_process_start_and_a_later_one_from_its_own(monkeypatch):
+    monkeypatch.setattr(timing, "_process_start_claimed", False)  # as in a fresh process
+    monkeypatch.setattr(timing, "_run_started", None)
+    first = RunTimings()
+    age = time.time() - timing.process_start_time()
+    assert first.summary()["origin"] == "process start"
+    assert first.origin_time == pytest.approx(time.perf_counter() - age, abs=0.05)
     before = time.perf_counter()
-    later = RunTimings()
-    assert later.origin == "run start"
-    assert before <= later.origin_time <= time.perf_counter()
+    timing.note_run_start()  # mura.train's train() begins: the data module and model are built after this
+    time.sleep(0.05)
+    second = RunTimings()
+    assert second.summary()["origin"] == "run start"
+    assert before <= second.origin_time <= second.created - 0.04  # from note_run_start, not from the callback

@@ -170,12 +170,14 @@ def test_noise_is_silenced_by_exact_message_and_origin_only():
     assert collect.messages == ["GPU available: False, used: False"]
 
 
-def test_data_workers_are_lowered_to_the_usable_cores_only_when_they_exceed_them(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    many, few = compose_config(["data.num_workers=8"]), compose_config(["data.num_workers=2"])
-    fit_workers_to_cores(many)
-    fit_workers_to_cores(few)
-    assert many.data.num_workers == 2 and few.data.num_workers == 2
+def test_data_workers_are_lowered_to_the_usable_cores_only_when_they_exceed_them(monkeypatch, caplog):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    configs = {workers: compose_config([f"data.num_workers={workers}"]) for workers in (8, 4, 1, 0)}
+    with caplog.at_level(logging.INFO, logger="mura.app.quiet"):
+        for cfg in configs.values():
+            fit_workers_to_cores(cfg)
+    assert {workers: cfg.data.num_workers for workers, cfg in configs.items()} == {8: 4, 4: 4, 1: 1, 0: 0}
+    assert caplog.messages == ["data.num_workers=8 lowered to 4, the CPU cores this process may use"]  # said once
 
 
 def test_the_saved_config_resolves_what_it_can_and_keeps_the_rest(tmp_path: Path):

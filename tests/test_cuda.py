@@ -44,6 +44,16 @@ def test_the_loss_check_never_makes_the_host_wait_for_the_device():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert check.last_value == pytest.approx((weights @ weights).mean().item(), rel=1e-3)
+    # Sync-debug mode does not report torch.cuda.synchronize() or an event's wait: a check that waited for the whole
+    # device would pass above. Here the check returns while work queued after the loss is still running.
+    big = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()
+    check.defer(big.mean(), "step 2")
+    for _ in range(50):  # about 7 TFLOP: a tenth of a second or more on any current GPU
+        big = big @ big / 64
+    check.check()
+    assert not torch.cuda.current_stream().query(), "the loss check waited for work queued after the loss"
+    torch.cuda.synchronize()
 
 
 SYNC_WARNING = "called a synchronizing CUDA operation"

@@ -275,10 +275,25 @@ def test_reliability_bins_are_the_ece_bins():
     assert list(edges["count"].iloc[[0, 2, 14]]) == [1, 1, 1] and edges["count"].sum() == 3
 
 
-def test_calibration_is_logged_every_epoch():
+def test_calibration_is_flattened_for_logging_with_the_other_metrics():
+    """What the LightningModule logs every epoch (the logged columns: tests/test_train.py's run folder)."""
     assert {"ece", "brier"} <= set(LOGGED_METRICS)
     report = metrics_report(random_images(40), bootstrap=0)
     flat = flatten_for_logging(report, "val")
     assert flat["val/study/brier"] == report["study"]["overall"]["brier"]
     assert flat["val/image/XR_ELBOW/ece"] == report["image"]["XR_ELBOW"]["ece"]
     assert not any(key.endswith("ece_bins") for key in flat)
+
+
+def test_the_reports_intervals_resample_patients_not_rows():
+    """A patient's studies (and a study's images) go into a bootstrap replicate together; resampling rows would
+    treat them as independent and give intervals too narrow."""
+    images = random_images(60, seed=5, n_patients=12)  # about five studies a patient
+    report = metrics_report(images, bootstrap=300, seed=0)
+    for level, table in (("study", aggregate_studies(images)), ("image", images)):
+        scores = (table["label"].to_numpy(), table["probability"].to_numpy())
+        by_patient = patient_bootstrap_intervals(*scores, table["patient"].to_numpy(), 0.5, 300, seed=0)
+        by_row = patient_bootstrap_intervals(*scores, np.arange(len(table)), 0.5, 300, seed=0)
+        assert by_patient != by_row  # this data tells the two apart
+        assert report[level]["overall"]["kappa_ci95"] == pytest.approx(by_patient["kappa"], abs=1e-12)
+        assert report[level]["overall"]["auroc_ci95"] == pytest.approx(by_patient["auroc"], abs=1e-12)

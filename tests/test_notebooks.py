@@ -40,9 +40,8 @@ def test_notebook_executes_and_shows_its_figures(path: Path, trained_run, synthe
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel picks its own (inline) backend, as in Jupyter
     notebook = nbformat.read(path, as_version=4)
     notebook.cells.append(new_code_cell(PYPLOT_PROBE))
+    # A cell that raises fails the test here: execute() raises CellExecutionError with the cell and its traceback.
     NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    errors = [output for cell in notebook.cells for output in cell.get("outputs", []) if output.get("output_type") == "error"]
-    assert not errors
     cells = figure_cells(notebook)
     assert len(cells) == FIGURE_CELLS[path.stem] + 1
     for cell in cells:

@@ -282,7 +282,7 @@ def test_a_selection_metric_for_a_body_part_not_trained_on_is_refused_before_tra
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_the_loss_is_checked_one_step_later_and_the_progress_bar_shows_the_checked_value():
+def test_the_loss_is_checked_one_step_later_and_a_non_finite_one_raises_once():
     from mura.models.loss_watch import DeferredLossCheck
 
     check = DeferredLossCheck()
@@ -296,3 +296,24 @@ def test_the_loss_is_checked_one_step_later_and_the_progress_bar_shows_the_check
         check.check()
     assert check.last_value == 0.25
     check.check()  # raised once, then cleared
+
+
+def test_the_progress_bar_shows_the_previous_steps_checked_loss(synthetic_root: Path, tmp_path: Path):
+    """Not the live loss tensor: the bar reads its value every step, which would make every step wait for the GPU."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    cfg = compose_config(tiny_training_overrides(synthetic_root, tmp_path))
+    shown = []
+
+    class RecordTheBar(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            shown.append((float(outputs["loss"]), trainer.progress_bar_metrics.get("loss")))
+
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+                         callbacks=[RecordTheBar()])
+    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    losses, bar = zip(*shown, strict=True)
+    assert bar[0] is None  # nothing checked yet at the first step
+    assert list(bar[1:]) == pytest.approx(list(losses[:-1]))  # each step shows the one before it, once checked
