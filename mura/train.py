@@ -53,11 +53,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # _convert_="all": every value reaching the model (the optimiser's betas, say) and so its checkpoints is a plain
     # Python value; an OmegaConf ListConfig in the optimiser state makes torch.load(weights_only=True) refuse the file.
     model = instantiate(cfg.model, _convert_="all")
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
-        # SLURM requeued this job (preemption, or submitit after a timeout): the same command again, in its folder.
+    ckpt_path = requested_checkpoint(cfg)
+    if ckpt_path != cfg.get("ckpt_path"):
         log.info("SLURM requeued this job (restart %s): resuming from its last checkpoint", os.environ["SLURM_RESTART_COUNT"])
-        ckpt_path = "last"
     checkpoints = refuse_to_overwrite(output_dir / "checkpoints", ckpt_path)
     # Only a run that resumes from a checkpoint continues the tracker runs its folder recorded: a new start in a folder
     # that has none (a crash before the first epoch ended) logs into new ones.
@@ -173,6 +171,13 @@ def write_timings(trainer: pl.Trainer, output_dir: Path) -> None:
     log.info("timings: %s (timings.json)", timings.describe())
 
 
+def requested_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: ckpt_path, or `last` when SLURM requeued this job (preemption, or submitit
+    after a timeout): the same command again, in its folder."""
+    ckpt_path = cfg.get("ckpt_path")
+    return "last" if ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 else ckpt_path
+
+
 def refuse_to_overwrite(checkpoint_dir: Path, ckpt_path: str | None) -> list[str]:
     """A new run in a folder that holds checkpoints would overwrite them (and Lightning would quietly resume from
     one): resuming is asked for by name, ckpt_path=last. Returns the checkpoints the folder holds."""
@@ -208,6 +213,8 @@ def write_test_outputs(model, datamodule, output_dir: Path, tested: str) -> None
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
+    # Before anything is written: a refused run leaves the run folder it refused (its config.yaml, .hydra/) as it was.
+    refuse_to_overwrite(Path(cfg.paths.output_dir) / "checkpoints", requested_checkpoint(cfg))
     start_run(cfg)
     return sweep_value(train(cfg)["selection/score"], cfg.selection.metric)
 

@@ -23,10 +23,10 @@ from mura.train import train
 HELPERS = str(REPO / "tests" / "helpers")
 
 
-def cli_overrides(root: Path, run_dir: Path, epochs: int = 3) -> list[str]:
+def cli_overrides(root: Path, run_dir: Path, epochs: int = 3, workers: int = 0) -> list[str]:
     return [
         "experiment=demo", f"data.root={root}", "data.image_size=40", "data.batch_size=16",
-        "data.num_workers=0", "data.val_fraction=0.3", f"trainer.max_epochs={epochs}", "trainer.deterministic=true",
+        f"data.num_workers={workers}", "data.val_fraction=0.3", f"trainer.max_epochs={epochs}", "trainer.deterministic=true",
         "trainer.enable_progress_bar=false", "callbacks.gradcam.every_n_epochs=0", f"hydra.run.dir={run_dir}",
     ]
 
@@ -51,21 +51,30 @@ def final_numbers(run_dir: Path) -> dict[str, float]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    run_train(cli_overrides(synthetic_root, straight, epochs=2), tmp_path)
+    # Worker processes, as the shipped configs load: they draw a resumed epoch's first samples before Lightning's
+    # set_epoch, which once gave the resumed run epoch 0's order and augmentation.
+    run_train(cli_overrides(synthetic_root, straight, epochs=2, workers=2), tmp_path)
     # 3 or 4 training batches per epoch: step 5 is in the middle of the second epoch.
-    killed = run_train([*cli_overrides(synthetic_root, crashed, epochs=2), "+callbacks.killer._target_=crash_callbacks.KillAtStep",
-                        "+callbacks.killer.step=5"], tmp_path, check=False)
+    killed = run_train([*cli_overrides(synthetic_root, crashed, epochs=2, workers=2),
+                        "+callbacks.killer._target_=crash_callbacks.KillAtStep", "+callbacks.killer.step=5"], tmp_path, check=False)
     assert killed.returncode == -signal.SIGKILL
     assert not (crashed / "metrics.json").exists()
     last = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 0  # the end of the first epoch survived the kill
-    run_train([*cli_overrides(synthetic_root, crashed, epochs=2), "ckpt_path=last"], tmp_path)
+    run_train([*cli_overrides(synthetic_root, crashed, epochs=2, workers=2), "ckpt_path=last"], tmp_path)
     expected, resumed = final_numbers(straight), final_numbers(crashed)
     assert expected.keys() == resumed.keys()
     for key, value in expected.items():
         assert resumed[key] == pytest.approx(value, abs=1e-6), key
     history = json.loads((crashed / "history.json").read_text())
     assert [row["epoch"] for row in history] == [0, 1]
+    # A new run asked for in that folder is refused, and leaves the run's record as it was: summarize reads its settings.
+    record = {path: path.read_bytes() for path in [crashed / "config.yaml", *(crashed / ".hydra").iterdir()]}
+    assert {path.name for path in record} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    assert "ckpt_path=last" in (crashed / ".hydra" / "overrides.yaml").read_text()  # the resume's own command line
+    refused = run_train([*cli_overrides(synthetic_root, crashed, epochs=3), "model.optimizer.lr=0.5"], tmp_path, check=False)
+    assert refused.returncode == 2 and "already holds" in refused.stderr
+    assert {path: path.read_bytes() for path in record} == record
 
 
 @pytest.mark.slow

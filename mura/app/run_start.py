@@ -1,6 +1,7 @@
 """What every command does first: silence known noise, show the resolved config as a tree (on stderr: stdout carries
-results, so `mura.predict ... | jq` works), save it into the run folder as config.yaml, and say where data, caches
-and outputs go when a setting gives them relative to the working directory."""
+results, so `mura.predict ... | jq` works), save it into the run folder as config.yaml beside Hydra's record of the
+run (.hydra/), and say where data, caches and outputs go when a setting gives them relative to the working
+directory."""
 
 from __future__ import annotations
 
@@ -34,11 +35,32 @@ PATH_SETTINGS = {
 }
 
 
+HYDRA_RECORD = ".hydra"
+
+
 def start_run(cfg: DictConfig) -> None:
-    """The start of every command's main(): quiet, right-sized, announced."""
+    """The start of every command's main(), after its refusals: recorded, quiet, right-sized, announced."""
+    save_hydra_record(cfg)
     quiet_known_noise()
     fit_workers_to_cores(cfg)
     announce_run(cfg, Path(cfg.paths.output_dir))
+
+
+def save_hydra_record(cfg: DictConfig) -> None:
+    """The run folder's .hydra/: config.yaml (the config as composed, interpolations kept), hydra.yaml (Hydra's own,
+    the config group choices among it) and overrides.yaml (the command line), as Hydra writes them.
+
+    Hydra would write them before the command starts (conf/hydra/default.yaml turns that off: output_subdir null), so
+    a command that refuses to run in a folder (mura.train in a folder that holds checkpoints) still overwrote the
+    record of the run it refused to touch, and mura.summarize then showed that run with the refused settings.
+    Process rank zero only; nothing outside a Hydra command."""
+    if not HydraConfig.initialized() or not _rank_zero():
+        return
+    hydra = HydraConfig.instance().cfg
+    folder = Path(hydra.hydra.runtime.output_dir) / HYDRA_RECORD
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, record in (("config.yaml", cfg), ("hydra.yaml", hydra), ("overrides.yaml", hydra.hydra.overrides.task)):
+        (folder / name).write_text(OmegaConf.to_yaml(record), encoding="utf-8")
 
 
 def announce_run(cfg: DictConfig, output_dir: Path) -> None:

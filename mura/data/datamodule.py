@@ -329,7 +329,13 @@ class MuraDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train")
+        loader = self.dataloader("train")
+        # Lightning starts the loader's iterator before it calls set_epoch, and worker processes draw their first
+        # indices at once: a run resumed at epoch 3 trained its first epoch on epoch 0's order and augmentation, and
+        # so ended with other numbers than the run never interrupted. The sampler starts at the epoch the fit loop
+        # will run next (what Lightning passes to set_epoch; trainer.current_epoch counts the completed ones).
+        loader.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self.dataloader("val")
