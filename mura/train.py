@@ -76,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # weights_only: resuming reads tensors and plain values, never pickled code.
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        log.error("stopped by SIGTERM; %s holds the state to resume from (ckpt_path=that file)", output_dir / "checkpoints")
+        log.error("stopped by SIGTERM (how to resume: the warning above)")
         raise SystemExit(128 + signal.SIGTERM) from None
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
     selected = selected_checkpoint(trainer, cfg.selection.metric)

@@ -88,6 +88,10 @@ def test_sigterm_saves_a_checkpoint_before_exiting(synthetic_root: Path, tmp_pat
     assert interrupted.is_file()
     checkpoint = torch.load(interrupted, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] >= 6 and "mura" in checkpoint
+    # Mid-epoch (3 or 4 batches an epoch): where the state is, how to resume, and how to resume exactly
+    advice = " ".join(result.stderr.split())  # the log line may wrap
+    assert f"{interrupted} holds the state. Resume with the same command plus hydra.run.dir={run_dir} ckpt_path=last" in advice
+    assert f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} resumes exactly, from the end of epoch" in advice
 
 
 def test_a_new_run_in_a_folder_with_checkpoints_is_refused(synthetic_root: Path, tmp_path: Path):

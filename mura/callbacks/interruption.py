@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
@@ -24,3 +25,20 @@ class InterruptionCheckpoint(OnExceptionCheckpoint):
                      "nothing was trained yet" if trainer.global_step == 0 else "the weights may not be finite")
             return
         super().on_exception(trainer, pl_module, exception)
+        if trainer.is_global_zero:
+            log.warning(resume_advice(self.ckpt_path, trainer.current_epoch,
+                                      trainer.fit_loop.epoch_loop.batch_progress.current.completed))
+
+
+def resume_advice(saved: str, epoch: int, batches_done: int) -> str:
+    """What a user needs after an interruption: where the state is, how to resume, and what resuming mid-epoch
+    costs. Lightning cannot restart a data loader in the middle of an epoch: resumed from there, the epoch's
+    remaining steps take their batches from the epoch's start again."""
+    folder = Path(saved).parent
+    advice = (f"interrupted in epoch {epoch} after {batches_done} of its batches: {saved} holds the state. Resume with "
+              f"the same command plus hydra.run.dir={folder.parent} ckpt_path=last (it takes that file).")
+    if batches_done and (folder / "last.ckpt").is_file():
+        advice += (f" Resumed mid-epoch, the rest of epoch {epoch} draws its batches from the epoch's start again, so "
+                   f"the numbers differ a little from an uninterrupted run; ckpt_path={folder / 'last.ckpt'} resumes "
+                   f"exactly, from the end of epoch {epoch - 1}.")
+    return advice
