@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mura.app.errors import exit_on_user_error
+from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
 from mura.benchmarking import measurements
 from mura.benchmarking.startup import measure_startup
@@ -37,6 +37,7 @@ def device_name(device: torch.device) -> str:
 MAIN_KINDS = ("data", "train", "fit", "infer")
 STARTUP = "startup"  # ours only, in a table of its own: seconds, not images per second
 PROFILE = "profile"  # ours only, fit's settings: milliseconds per step by phase, in a table of its own
+KINDS = (*MAIN_KINDS, PROFILE, STARTUP, "evaluate")  # evaluate: only as tries (`tries.<name>.kind: evaluate`)
 
 
 def run_bench(cfg: DictConfig) -> dict:
@@ -44,6 +45,7 @@ def run_bench(cfg: DictConfig) -> dict:
     after each one, so a run stopped part-way keeps what it measured; a measurement that fails is logged and listed
     under not_measured, and the others go on."""
     bench_started = time.perf_counter()
+    plan = measurement_plan(cfg)  # a mistyped measurement fails here, before any data is made
     device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # for both recipes alike, so only what the recipes name differs
@@ -72,7 +74,6 @@ def run_bench(cfg: DictConfig) -> dict:
         PROFILE: lambda recipe, settings: measure_profile(root, recipe, cfg.backbone, workers=cfg.workers, cache_dir=cache_dir,
                                                           **settings, **common),
     }
-    plan = measurement_plan(cfg)
 
     result = {"device": device_name(device), "rows": [], "not_measured": [], "seconds": seconds}
     output_path = Path(cfg.paths.output_dir) / "bench.json"
@@ -114,6 +115,9 @@ def measurement_plan(cfg: DictConfig) -> list[tuple[str, str, str | None, dict]]
     budget_s may cut the end, the main table and the profile first, then the startup run (three of issue #11's goals
     are its figures), then the tries, and last the startup variants, a whole training run each. The startup run is a
     process of its own that has ended before the tries start; they are compared with `ours` rows measured before it."""
+    unknown = [name for name in cfg.runs if name not in KINDS]
+    if unknown:
+        raise ConfigError(f"runs: no measurement called {', '.join(map(str, unknown))}; the measurements are {', '.join(KINDS)}")
     plan = [(kind, recipe, None, _settings(cfg, kind, recipe)) for recipe in ("baseline", "ours") for kind in MAIN_KINDS
             if kind in cfg.runs]
     if PROFILE in cfg.runs:
@@ -126,6 +130,8 @@ def measurement_plan(cfg: DictConfig) -> list[tuple[str, str, str | None, dict]]
         if kind in cfg.runs:
             plan.append((kind, "ours", name, {**_settings(cfg, kind, "ours"), **settings}))
     plan.sort(key=lambda entry: 2 * (entry[2] is not None) + (entry[0] == STARTUP))
+    if not plan:
+        raise ConfigError(f"runs={list(cfg.runs)} selects no measurement (evaluate is measured by the tries of that kind)")
     return plan
 
 

@@ -12,24 +12,32 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from mura.app.errors import exit_on_user_error
+from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
 from mura.evaluation.report import submission_study_path, write_official_predictions
 from mura.inference.predictor import pick_device
-from mura.inference.study_files import find_studies, predict_study
+from mura.inference.study_files import NOT_VIEWS, find_studies, predict_study
 from mura.models.checkpoint import load_classifier
 
 log = logging.getLogger(__name__)
 
 
 def predict(cfg: DictConfig) -> list[dict]:
+    try:
+        studies = find_studies(cfg.input)
+    except FileNotFoundError:
+        raise ConfigError(f"input={cfg.input}: no such file or folder (an image, a study folder or a folder of "
+                          f"studies; relative to {Path.cwd()})") from None
+    if not any(files for _, files in studies):
+        raise ConfigError(f"input={cfg.input}: no files to predict in it (hidden files and {', '.join(sorted(NOT_VIEWS))} "
+                          "files are not views)")
     model = load_classifier(cfg.ckpt_path, pick_device(cfg.device))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cam_dir = output_dir / "cam" if cfg.cam else None
     results = []
     with open(output_dir / "predictions.jsonl", "w") as sink:
-        for study, files in find_studies(cfg.input):
+        for study, files in studies:
             line = predict_study(model, study, files, cam_dir, max_pixels=cfg.max_pixels).as_dict()
             results.append(line)
             text = json.dumps(line)

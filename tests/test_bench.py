@@ -172,6 +172,19 @@ def test_bench_configs_have_images_for_every_timed_batch(preset: list[str]):
     assert train_images >= batches * cfg.fit.ours.batch_size
 
 
+def test_a_mistyped_or_empty_measurement_list_is_an_error_before_anything_runs(tmp_path: Path):
+    """runs=[pipeline] used to exit 0 with an empty table, saying it wrote a bench.json it never wrote."""
+    from mura.app.errors import ConfigError
+
+    for runs, message in (("[pipeline,fit]", "no measurement called pipeline; the measurements are data, train"),
+                          ("[evaluate]", "selects no measurement")):
+        cfg = compose_config([f"runs={runs}", "~tries", f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}"],
+                             config_name="bench")
+        with pytest.raises(ConfigError, match=message):
+            run_bench(cfg)
+    assert list(tmp_path.iterdir()) == []  # no synthetic data made, no bench.json
+
+
 def test_the_gpu_check_runs_the_main_table_profile_and_startup_before_the_tries_and_the_startup_variant_last():
     """budget_s may cut the end of a GPU check: what three goals hang on (startup) comes before the tries."""
     plan = measurement_plan(compose_config(["bench_preset=gpu"], config_name="bench"))

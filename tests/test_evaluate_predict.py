@@ -217,7 +217,9 @@ def test_predict_reports_each_study_and_goes_on(trained_run, synthetic_root: Pat
     source = sorted((synthetic_root / "valid" / "XR_WRIST").rglob("image*.png"))[:2]
     for index, path in enumerate(source):
         (good_study / f"image{index + 1}.png").write_bytes(path.read_bytes())
-    (good_study / "readme.txt").write_text("not an image")
+    (good_study / "scan.dat").write_bytes(b"not an image")  # tried, and reported
+    (good_study / "readme.txt").write_text("notes")  # not a view, as the release's CSVs beside the studies
+    (inputs / "valid_image_paths.csv").write_text("MURA-v1.1/valid/XR_WRIST/patient1/study1/image1.png\n")
     (good_study / "._image1.png").write_bytes(b"\x00\x05\x16\x07")
     big = inputs / "big"
     big.mkdir()
@@ -230,7 +232,8 @@ def test_predict_reports_each_study_and_goes_on(trained_run, synthetic_root: Pat
     assert study["body_part"] == "XR_WRIST" and len(study["views"]) == 2
     assert study["probability"] == pytest.approx(np.mean([view["probability"] for view in study["views"]]))
     assert study["abnormal"] == (study["probability"] > 0.5)
-    assert [Path(s["path"]).name for s in study["skipped"]] == ["readme.txt"]
+    assert [Path(s["path"]).name for s in study["skipped"]] == ["scan.dat"]
+    assert set(lines) == {"study1", "big", "empty"}  # the folder holding the CSV is no study
     assert Path(study["cam"][0]).is_file()
     assert lines["big"]["error"] == "no readable image" and "decompression bomb" in lines["big"]["skipped"][0]["reason"]
     assert lines["empty"]["error"] == "no files to read"
@@ -240,6 +243,20 @@ def test_predict_reports_each_study_and_goes_on(trained_run, synthetic_root: Pat
     # spelled from its release folder on, as the official CSVs do.
     official = (tmp_path / "out" / "predictions_official.csv").read_text()
     assert official == f"{tmp_path.name}/inputs/XR_WRIST/patient1/study1/,{int(study['abnormal'])}\n"
+
+
+def test_predict_on_nothing_is_an_error_not_an_empty_success(trained_run, tmp_path: Path):
+    """It used to exit 0 saying one study was predicted, the error only inside its JSON line."""
+    checkpoint = trained_run[0] / "checkpoints" / "best.ckpt"
+    empty = tmp_path / "empty"
+    (empty / "study1").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    for target, message in ((tmp_path / "nowhere", "nowhere: no such file or folder"), (empty, "no files to predict")):
+        cfg = compose_config([f"ckpt_path={checkpoint}", f"input={target}", f"paths.output_dir={tmp_path / 'out'}"],
+                             config_name="predict")
+        with pytest.raises(ConfigError, match=message):
+            predict(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -35,19 +35,25 @@ class StudyPrediction:
         return {key: value for key, value in self.__dict__.items() if value not in (None, []) or key in ("views",)}
 
 
-def find_studies(input_path: str | Path) -> list[tuple[Path, list[Path]]]:
-    """(study folder or image, its files) for an image, a study folder or a tree of study folders.
+# Files that sit beside studies and are never views: a release's CSVs, notes, our own outputs.
+NOT_VIEWS = frozenset({".csv", ".json", ".jsonl", ".md", ".txt", ".yaml", ".yml"})
 
-    Hidden files (such as macOS `._` sidecars) are not views and are left out."""
+
+def find_studies(input_path: str | Path) -> list[tuple[Path, list[Path]]]:
+    """(study folder or image, its files) for an image, a study folder or a tree of study folders (a MURA-v1.1
+    folder included). Raises FileNotFoundError if `input_path` is not there.
+
+    Hidden files (such as macOS `._` sidecars) and data files (NOT_VIEWS: a release's CSVs) are not views and are
+    left out; any other file is tried as an image, and one that is not is reported with its study."""
     path = Path(input_path).expanduser()
     if not path.exists():
-        return [(path, [])]
+        raise FileNotFoundError(path)
     if path.is_file():
         return [(path, [path])]
     studies = []
     for folder in sorted([path, *(p for p in path.rglob("*") if p.is_dir())]):
         entries = list(folder.iterdir())
-        files = sorted(p for p in entries if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in entries if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in NOT_VIEWS)
         if files or not any(p.is_dir() for p in entries):  # an empty leaf folder is reported, not dropped
             studies.append((folder, files))
     return studies or [(path, [])]
