@@ -73,6 +73,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # last checkpoint if there is one" and says so twice; refuse_to_overwrite has made sure there is none.
             warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
             warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
+            # Resumed mid-epoch, our train loader does restart at the first batch not trained on (resume_position).
+            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
             # weights_only: resuming reads tensors and plain values, never pickled code.
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:

@@ -31,14 +31,12 @@ class InterruptionCheckpoint(OnExceptionCheckpoint):
 
 
 def resume_advice(saved: str, epoch: int, batches_done: int) -> str:
-    """What a user needs after an interruption: where the state is, how to resume, and what resuming mid-epoch
-    costs. Lightning cannot restart a data loader in the middle of an epoch: resumed from there, the epoch's
-    remaining steps take their batches from the epoch's start again."""
+    """What a user needs after an interruption: where the state is and how to resume."""
     folder = Path(saved).parent
     advice = (f"interrupted in epoch {epoch} after {batches_done} of its batches: {saved} holds the state. Resume with "
-              f"the same command plus hydra.run.dir={folder.parent} ckpt_path=last (it takes that file).")
-    if batches_done and (folder / "last.ckpt").is_file():
-        advice += (f" Resumed mid-epoch, the rest of epoch {epoch} draws its batches from the epoch's start again, so "
-                   f"the numbers differ a little from an uninterrupted run; ckpt_path={folder / 'last.ckpt'} resumes "
-                   f"exactly, from the end of epoch {epoch - 1}.")
-    return advice
+              f"the same command plus hydra.run.dir={folder.parent} ckpt_path=last (it takes that file)")
+    if batches_done:
+        # mura.data.datamodule.resume_position: the loader restarts at the first batch not trained on
+        advice += (f"; it goes on with batch {batches_done + 1} of epoch {epoch}, and that epoch's training metrics cover "
+                   "the batches after the resume")
+    return advice + "."

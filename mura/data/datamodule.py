@@ -332,9 +332,9 @@ class MuraDataModule(pl.LightningDataModule):
         loader = self.dataloader("train")
         # Lightning starts the loader's iterator before it calls set_epoch, and worker processes draw their first
         # indices at once: a run resumed at epoch 3 trained its first epoch on epoch 0's order and augmentation, and
-        # so ended with other numbers than the run never interrupted. The sampler starts at the epoch the fit loop
-        # will run next (what Lightning passes to set_epoch; trainer.current_epoch counts the completed ones).
-        loader.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
+        # so ended with other numbers than the run never interrupted. The sampler starts where the fit resumes.
+        epoch, batches_done = resume_position(self.trainer) if self.trainer is not None else (0, 0)
+        loader.sampler.resume_at(epoch, batches_done * loader.batch_size)
         return loader
 
     def val_dataloader(self) -> DataLoader:
@@ -346,6 +346,23 @@ class MuraDataModule(pl.LightningDataModule):
     def _require_setup(self) -> None:
         if self.splits is None:
             raise RuntimeError("MuraDataModule.setup() has not run yet")
+
+
+def resume_position(trainer: pl.Trainer) -> tuple[int, int]:
+    """(the epoch the fit runs next, the batches of it already trained): (0, 0) for a new fit, (E + 1, 0) after a
+    checkpoint from the end of epoch E, (E, k) after one from inside epoch E (SIGTERM, Ctrl-C, a preemption).
+
+    From the fit loop's progress counters, as its restart logic reads them: Lightning cannot restart a data loader
+    mid-epoch, and without this it drew the resumed epoch's remaining batches from the epoch's start again."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    if epochs.started == epochs.processed:  # between epochs: the next one starts whole
+        return epochs.processed, 0
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    done = batches.current.completed
+    total = batches.total
+    if total.ready == total.started == total.processed == total.completed + 1:
+        done += 1  # saved inside on_train_batch_end: Lightning counts that batch as done when it restarts
+    return epochs.processed, done
 
 
 def _empty_split_message(split: str, root: str | None, body_parts: list[str], cv_folds: int | None = None) -> str:

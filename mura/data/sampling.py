@@ -42,9 +42,16 @@ class SeededSampler(Sampler[tuple[int, int | None]]):
         self.augment = augment
         self.pad_to_multiple = max(1, pad_to_multiple)
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, samples_done: int) -> None:
+        """Start at `epoch`, leaving out its first `samples_done` samples of this process's share (once: later epochs
+        are whole). A run resumed mid-epoch then trains on exactly the samples it had not reached; the length stays
+        the whole epoch's, as Lightning counts the epoch's batches from it."""
+        self.epoch, self._skip = epoch, samples_done
 
     @staticmethod
     def _world() -> tuple[int, int]:
@@ -70,5 +77,6 @@ class SeededSampler(Sampler[tuple[int, int | None]]):
             order = order[rank::world]
         if order and len(order) % self.pad_to_multiple:
             order = (order * math.ceil(len(self) / len(order)))[: len(self)]
-        for index in order:
+        skip, self._skip = self._skip, 0
+        for index in order[skip:]:
             yield index, (sample_seed(self.seed, self.epoch, index) if self.augment else None)
