@@ -100,3 +100,24 @@ def test_a_glob_over_a_sweep_folder_skips_its_files(trained_run, tmp_path: Path)
     (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
     summarize(compose_config([f"runs='{tmp_path / 'sweep'}/*'", f"paths.output_dir={tmp_path / 'out'}"], config_name="summarize"))
     assert pd.read_csv(tmp_path / "out" / "summary.csv")["run"].tolist() == [str(tmp_path / "sweep" / "0")]
+
+
+def test_each_row_says_which_split_it_scored_and_other_commands_folders_are_named(trained_run, tmp_path: Path):
+    """An evaluation of the validation split is not a test result; an audit's folder is no run still going."""
+    run_dir = trained_run[0]
+    trained = copy_run(run_dir, tmp_path / "runs" / "trained", ["experiment=demo"])
+    (trained / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: train\n")
+    on_val = tmp_path / "runs" / "on_val"
+    (on_val / ".hydra").mkdir(parents=True)
+    shutil.copy(run_dir / "metrics.json", on_val / "metrics.json")
+    (on_val / ".hydra" / "config.yaml").write_text("eval:\n  split: val\n")
+    (on_val / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: evaluate\n")
+    audit = tmp_path / "runs" / "audit"
+    (audit / ".hydra").mkdir(parents=True)
+    (audit / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: audit\n")
+    markdown = summarize(compose_config([f"runs='{tmp_path / 'runs'}/*'", f"paths.output_dir={tmp_path / 'out'}"],
+                                        config_name="summarize"))
+    table = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("run")
+    assert table.loc[str(trained), "scored_on"] == "test" and table.loc[str(on_val), "scored_on"] == "val"
+    assert "| scored on " in markdown
+    assert f"not summarised: {audit}: a mura.audit folder, not a training or evaluation run" in markdown

@@ -44,12 +44,17 @@ def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tupl
 
     The table has a row per finished run: `settings` (the overrides that differ between runs), epochs, the
     selection rule and the selected epoch's score (the checkpoint best.ckpt holds and the test scored), the
-    validation loss and study kappa there, then the study-level kappa (95% CI), AUROC and study count of
-    metrics.json, and the study kappa per body part. Sorted by the selection rule when every run has the same one.
+    validation loss and study kappa there, then the split metrics.json scored (`scored_on`: test, or what a
+    mura.evaluate was asked for), its study-level kappa (95% CI), AUROC and study count, and the study kappa per body
+    part. Sorted by the selection rule when every run has the same one. Folders of other commands are skipped.
     """
     rows, skipped, overrides = [], [], {}
     for run in runs:
         metrics_path = run / "metrics.json"
+        command = _command(run)
+        if command not in (None, *SCORING_COMMANDS):  # a glob such as outputs/*/* also meets audits, exports...
+            skipped.append((str(run), f"a mura.{command} folder, not a training or evaluation run"))
+            continue
         if not metrics_path.is_file() and not (run / "selection.json").is_file():
             skipped.append((str(run), "neither metrics.json nor selection.json: still running, or stopped"))
             continue
@@ -61,7 +66,7 @@ def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tupl
                 skipped.append((str(metrics_path), f"not a mura metrics file ({error!r})"))
                 continue
         overrides[str(run)] = _overrides(run)
-        rows.append({"run": str(run), **_fold(run), **_validation(run), **_test(study)})
+        rows.append({"run": str(run), **_fold(run), **_validation(run), "scored_on": _scored_split(run), **_test(study)})
     common = sorted(set.intersection(*(set(value) for value in overrides.values()))) if overrides else []
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -83,6 +88,22 @@ def sort_by_selection(table: pd.DataFrame) -> pd.DataFrame:
     ascending = rules[0].endswith(" min")
     return table.sort_values(["selection_score", "run"], ascending=[ascending, True], na_position="last",
                              kind="stable").reset_index(drop=True)
+
+
+SCORING_COMMANDS = ("train", "evaluate")
+
+
+def _command(run: Path) -> str | None:
+    """The mura command that wrote the folder (Hydra's job name: train, evaluate, audit...), None if not recorded."""
+    path = run / ".hydra" / "hydra.yaml"
+    return OmegaConf.select(OmegaConf.load(path), "hydra.job.name", default=None) if path.is_file() else None
+
+
+def _scored_split(run: Path) -> str:
+    """The split metrics.json scored: a training run's test split, or the split a mura.evaluate was asked for
+    (eval.split: test, val or train)."""
+    path = run / ".hydra" / "config.yaml"
+    return str(OmegaConf.select(OmegaConf.load(path), "eval.split", default="test")) if path.is_file() else "test"
 
 
 def _fold(run: Path) -> dict:
@@ -167,6 +188,7 @@ def summary_markdown(table: pd.DataFrame, cross_validation: pd.DataFrame, common
             "selected epoch": table["best_epoch"].map(_count),
             "selection": table["selection"].fillna(""), "selected score": table["selection_score"].map(_number),
             "val loss": table["val_loss"].map(_number), "val study kappa": table["val_study_kappa"].map(_number),
+            "scored on": table["scored_on"],
             "study kappa (95% CI)": [f"{format_metric(_value(k))} ({format_interval(_value(lo), _value(hi))})"
                                      for k, lo, hi in zip(table["study_kappa"], table["kappa_ci_low"], table["kappa_ci_high"], strict=True)],
             "study AUROC": table["study_auroc"].map(_number), "studies": table["studies"].map(_count),
