@@ -37,7 +37,7 @@ def device_name(device: torch.device) -> str:
 MAIN_KINDS = ("data", "train", "fit", "infer")
 STARTUP = "startup"  # ours only, in a table of its own: seconds, not images per second
 PROFILE = "profile"  # ours only, fit's settings: milliseconds per step by phase, in a table of its own
-KINDS = (*MAIN_KINDS, PROFILE, STARTUP, "evaluate")  # evaluate: only as tries (`tries.<name>.kind: evaluate`)
+KINDS = (*MAIN_KINDS, PROFILE, STARTUP)  # mura.evaluate's path is an infer try with end_to_end: true
 
 
 def run_bench(cfg: DictConfig) -> dict:
@@ -115,23 +115,26 @@ def measurement_plan(cfg: DictConfig) -> list[tuple[str, str, str | None, dict]]
     budget_s may cut the end, the main table and the profile first, then the startup run (three of issue #11's goals
     are its figures), then the tries, and last the startup variants, a whole training run each. The startup run is a
     process of its own that has ended before the tries start; they are compared with `ours` rows measured before it."""
-    unknown = [name for name in cfg.runs if name not in KINDS]
+    runs = [cfg.runs] if isinstance(cfg.runs, str) else list(cfg.runs)  # runs=fit as well as runs=[fit]
+    try_kinds = {name: settings.kind for name, settings in (cfg.get("tries") or {}).items()}
+    unknown = [name for name in runs if name not in KINDS] + [f"{kind} (tries.{name}.kind)" for name, kind in
+                                                               try_kinds.items() if kind not in KINDS]
     if unknown:
         raise ConfigError(f"runs: no measurement called {', '.join(map(str, unknown))}; the measurements are {', '.join(KINDS)}")
     plan = [(kind, recipe, None, _settings(cfg, kind, recipe)) for recipe in ("baseline", "ours") for kind in MAIN_KINDS
-            if kind in cfg.runs]
-    if PROFILE in cfg.runs:
+            if kind in runs]
+    if PROFILE in runs:
         plan.append((PROFILE, "ours", None, {**_settings(cfg, "fit", "ours"), **OmegaConf.to_container(cfg.profile, resolve=True)}))
-    if STARTUP in cfg.runs:
+    if STARTUP in runs:
         plan.append((STARTUP, "ours", None, _settings(cfg, STARTUP, "ours")))
     for name, try_settings in (cfg.get("tries") or {}).items():
         settings = OmegaConf.to_container(try_settings, resolve=True)
         kind = settings.pop("kind")
-        if kind in cfg.runs:
+        if kind in runs:
             plan.append((kind, "ours", name, {**_settings(cfg, kind, "ours"), **settings}))
     plan.sort(key=lambda entry: 2 * (entry[2] is not None) + (entry[0] == STARTUP))
     if not plan:
-        raise ConfigError(f"runs={list(cfg.runs)} selects no measurement (evaluate is measured by the tries of that kind)")
+        raise ConfigError(f"runs={runs} selects no measurement; the measurements are {', '.join(KINDS)}")
     return plan
 
 

@@ -176,13 +176,16 @@ def test_a_mistyped_or_empty_measurement_list_is_an_error_before_anything_runs(t
     """runs=[pipeline] used to exit 0 with an empty table, saying it wrote a bench.json it never wrote."""
     from mura.app.errors import ConfigError
 
-    for runs, message in (("[pipeline,fit]", "no measurement called pipeline; the measurements are data, train"),
-                          ("[evaluate]", "selects no measurement")):
-        cfg = compose_config([f"runs={runs}", "~tries", f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}"],
+    for overrides, message in ((["runs=[pipeline,fit]"], "no measurement called pipeline; the measurements are data, train"),
+                               (["runs=[]"], "selects no measurement"),
+                               (["runs=fit", "+tries.typo={kind: fitt}"], r"no measurement called fitt \(tries.typo.kind\)")):
+        cfg = compose_config([*overrides, f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}"],
                              config_name="bench")
         with pytest.raises(ConfigError, match=message):
             run_bench(cfg)
     assert list(tmp_path.iterdir()) == []  # no synthetic data made, no bench.json
+    single = compose_config(["runs=fit", "~tries"], config_name="bench")  # a single name as well as a list
+    assert [(kind, recipe) for kind, recipe, _, _ in measurement_plan(single)] == [("fit", "baseline"), ("fit", "ours")]
 
 
 def test_the_gpu_check_runs_the_main_table_profile_and_startup_before_the_tries_and_the_startup_variant_last():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from conftest import REPO, compose_config, tiny_training_overrides
@@ -347,3 +349,89 @@ def test_the_progress_bar_shows_the_previous_steps_checked_loss(synthetic_root: 
     losses, bar = zip(*shown, strict=True)
     assert bar[0] is None  # nothing checked yet at the first step
     assert list(bar[1:]) == pytest.approx(list(losses[:-1]))  # each step shows the one before it, once checked
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, key):
+        index, _ = key
+        return torch.tensor([float(index)]), index
+
+
+class _ResumableData(pl.LightningDataModule):
+    """MuraDataModule's train loader logic (SeededSampler, drop_last, resume_position) over 40 numbered samples."""
+
+    def __init__(self, workers: int):
+        super().__init__()
+        self.workers = workers
+
+    def train_dataloader(self):
+        from mura.data.datamodule import MuraDataModule
+
+        return MuraDataModule.train_dataloader(self)
+
+    def dataloader(self, split: str):
+        # Workers draw their first samples when the iterator is made, before Lightning's set_epoch
+        return torch.utils.data.DataLoader(_Indexed(), batch_size=4, drop_last=True, num_workers=self.workers,
+                                           persistent_workers=self.workers > 0,
+                                           sampler=SeededSampler(40, seed=0, shuffle=True, augment=True))
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(_Indexed(), batch_size=4, sampler=SeededSampler(40, 0, shuffle=False, augment=False))
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Recorder(pl.LightningModule):
+    """Records the samples of every training batch; raises _Stop once, where asked."""
+
+    def __init__(self, trained: list, stop_where: str | None = None, stop_at: int = -1):
+        super().__init__()
+        self.layer, self.trained, self.stop_where, self.stop_at = torch.nn.Linear(1, 1), trained, stop_where, stop_at
+
+    def training_step(self, batch, batch_idx):
+        self.trained.append((self.current_epoch, batch[1].tolist()))
+        if self.stop_where == "training_step" and self.global_step == self.stop_at:
+            raise _Stop
+        return self.layer(batch[0]).sum()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.stop_where == "on_train_batch_end" and self.global_step == self.stop_at:
+            raise _Stop
+
+    def validation_step(self, batch, batch_idx):
+        if self.stop_where == "validation" and self.current_epoch == self.stop_at and batch_idx == 2:
+            raise _Stop
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize(("stop_where", "stop_at", "workers"), [
+    ("training_step", 15, 0),  # mid-epoch, inside a step: that batch again
+    ("on_train_batch_end", 15, 0),  # mid-epoch, after a step: Lightning counts the batch as done
+    ("on_train_batch_end", 10, 2),  # after the epoch's last batch: the next epoch whole
+    ("validation", 0, 2),  # in the end-of-epoch validation: the next epoch whole
+])
+def test_a_resumed_fit_trains_on_the_batches_the_uninterrupted_one_does(tmp_path: Path, stop_where: str, stop_at: int,
+                                                                       workers: int):
+    """Each kind of interruption's checkpoint, resumed: every epoch trains on the same batches, in the same order, as
+    a fit never stopped (10 batches an epoch; the batch being trained when it stopped counts once)."""
+    def fit(trained: list, folder: Path, ckpt_path: str | None = None, **stop) -> None:
+        trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             accelerator="cpu", num_sanity_val_steps=0, default_root_dir=folder,
+                             callbacks=[pl.callbacks.OnExceptionCheckpoint(folder, "interrupted")])
+        with contextlib.suppress(_Stop):
+            trainer.fit(_Recorder(trained, **stop), datamodule=_ResumableData(workers), ckpt_path=ckpt_path)
+
+    straight, resumed = [], []
+    fit(straight, tmp_path / "straight")
+    fit(resumed, tmp_path / "stopped", stop_where=stop_where, stop_at=stop_at)
+    assert (tmp_path / "stopped" / "interrupted.ckpt").is_file()
+    fit(resumed, tmp_path / "stopped", ckpt_path=str(tmp_path / "stopped" / "interrupted.ckpt"))
+    once = [batch for position, batch in enumerate(resumed) if batch not in resumed[:position]]
+    assert once == straight and len(straight) == 30

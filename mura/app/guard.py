@@ -1,8 +1,8 @@
 """A Hydra callback that refuses, before Hydra creates a run or sweep folder, any output inside the dataset.
 
-Hydra creates the run folder (and writes `.hydra/` and the log into it) before a command runs, so the
-commands' own checks would come too late for a run folder inside `data.root` (a command started from inside
-the dataset, with the default `outputs/...`, say). Registered for every command in conf/hydra/default.yaml.
+Hydra creates the run folder (and opens the command's log in it) before a command runs, so the commands' own
+checks would come too late for a run folder inside `data.root` (a command started from inside the dataset, with
+the default `outputs/...`, say). Registered for every command in conf/hydra/default.yaml.
 """
 
 from __future__ import annotations

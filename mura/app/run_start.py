@@ -39,7 +39,8 @@ HYDRA_RECORD = ".hydra"
 
 
 def start_run(cfg: DictConfig) -> None:
-    """The start of every command's main(), after its refusals: recorded, quiet, right-sized, announced."""
+    """The start of every command's main(): recorded, quiet, right-sized, announced. mura.train refuses a new run
+    over a run's checkpoints before this; its other refusals (settings, data) come after, as every other command's."""
     save_hydra_record(cfg)
     quiet_known_noise()
     fit_workers_to_cores(cfg)
@@ -51,9 +52,9 @@ def save_hydra_record(cfg: DictConfig) -> None:
     the config group choices among it) and overrides.yaml (the command line), as Hydra writes them.
 
     Hydra would write them before the command starts (conf/hydra/default.yaml turns that off: output_subdir null), so
-    a command that refuses to run in a folder (mura.train in a folder that holds checkpoints) still overwrote the
-    record of the run it refused to touch, and mura.summarize then showed that run with the refused settings.
-    Process rank zero only; nothing outside a Hydra command."""
+    mura.train, refusing a new run in a folder that holds a run's checkpoints, still overwrote that run's record, and
+    mura.summarize then showed the run with the refused settings. Process rank zero only; nothing outside a Hydra
+    command."""
     if not HydraConfig.initialized() or not _rank_zero():
         return
     hydra = HydraConfig.instance().cfg

@@ -6,8 +6,11 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
 
+from mura.data.datamodule import resume_position
 from mura.models.loss_watch import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -26,17 +29,19 @@ class InterruptionCheckpoint(OnExceptionCheckpoint):
             return
         super().on_exception(trainer, pl_module, exception)
         if trainer.is_global_zero:
-            log.warning(resume_advice(self.ckpt_path, trainer.current_epoch,
-                                      trainer.fit_loop.epoch_loop.batch_progress.current.completed))
+            sweep_job = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+            log.warning(resume_advice(self.ckpt_path, *resume_position(trainer), sweep_job=sweep_job))
 
 
-def resume_advice(saved: str, epoch: int, batches_done: int) -> str:
-    """What a user needs after an interruption: where the state is and how to resume."""
-    folder = Path(saved).parent
-    advice = (f"interrupted in epoch {epoch} after {batches_done} of its batches: {saved} holds the state. Resume with "
-              f"the same command plus hydra.run.dir={folder.parent} ckpt_path=last (it takes that file)")
+def resume_advice(saved: str, epoch: int, batches_done: int, sweep_job: bool = False) -> str:
+    """What a user needs after an interruption: where the state is, how to resume, and where the resumed run goes on
+    (`resume_position`: the epoch and the batches of it already trained)."""
+    run_dir = Path(saved).parent.parent
+    command = ("this sweep job's own command, without -m (its overrides are in .hydra/overrides.yaml)," if sweep_job
+               else "the same command")
+    advice = (f"interrupted: {saved} holds the state. Resume with {command} plus hydra.run.dir={run_dir} ckpt_path=last "
+              f"(it takes that file); it goes on with ")
     if batches_done:
-        # mura.data.datamodule.resume_position: the loader restarts at the first batch not trained on
-        advice += (f"; it goes on with batch {batches_done + 1} of epoch {epoch}, and that epoch's training metrics cover "
-                   "the batches after the resume")
-    return advice + "."
+        return advice + (f"batch {batches_done + 1} of epoch {epoch}, and that epoch's training metrics will cover the "
+                         "batches after the resume.")
+    return advice + f"epoch {epoch}."

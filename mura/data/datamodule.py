@@ -362,6 +362,10 @@ def resume_position(trainer: pl.Trainer) -> tuple[int, int]:
     total = batches.total
     if total.ready == total.started == total.processed == total.completed + 1:
         done += 1  # saved inside on_train_batch_end: Lightning counts that batch as done when it restarts
+    if batches.is_last_batch and total.ready == total.processed:
+        # every batch of the epoch was trained on (stopped in its end-of-epoch validation, or in the last batch's
+        # on_train_batch_end): the next epoch starts whole; skipping the epoch's length would empty it
+        return epochs.processed + 1, 0
     return epochs.processed, done
 
 

@@ -42,7 +42,7 @@ class SeededSampler(Sampler[tuple[int, int | None]]):
         self.augment = augment
         self.pad_to_multiple = max(1, pad_to_multiple)
         self.epoch = 0
-        self._skip = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, samples to leave out of it), set by resume_at
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -51,7 +51,7 @@ class SeededSampler(Sampler[tuple[int, int | None]]):
         """Start at `epoch`, leaving out its first `samples_done` samples of this process's share (once: later epochs
         are whole). A run resumed mid-epoch then trains on exactly the samples it had not reached; the length stays
         the whole epoch's, as Lightning counts the epoch's batches from it."""
-        self.epoch, self._skip = epoch, samples_done
+        self.epoch, self._skip = epoch, (epoch, samples_done)
 
     @staticmethod
     def _world() -> tuple[int, int]:
@@ -77,6 +77,8 @@ class SeededSampler(Sampler[tuple[int, int | None]]):
             order = order[rank::world]
         if order and len(order) % self.pad_to_multiple:
             order = (order * math.ceil(len(self) / len(order)))[: len(self)]
-        skip, self._skip = self._skip, 0
+        # Only into the epoch it was meant for: set_epoch may move on before a loader without workers starts
+        skip = self._skip[1] if self._skip is not None and self._skip[0] == self.epoch else 0
+        self._skip = None
         for index in order[skip:]:
             yield index, (sample_seed(self.seed, self.epoch, index) if self.augment else None)

@@ -52,7 +52,7 @@ def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tupl
     for run in runs:
         metrics_path = run / "metrics.json"
         command = _command(run)
-        if command not in (None, *SCORING_COMMANDS):  # a glob such as outputs/*/* also meets audits, exports...
+        if command in OTHER_COMMANDS:  # a glob such as outputs/*/* also meets audits, exports...
             skipped.append((str(run), f"a mura.{command} folder, not a training or evaluation run"))
             continue
         if not metrics_path.is_file() and not (run / "selection.json").is_file():
@@ -66,7 +66,8 @@ def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tupl
                 skipped.append((str(metrics_path), f"not a mura metrics file ({error!r})"))
                 continue
         overrides[str(run)] = _overrides(run)
-        rows.append({"run": str(run), **_fold(run), **_validation(run), "scored_on": _scored_split(run), **_test(study)})
+        scored_on = _scored_split(run) if study else None  # test=false: nothing scored
+        rows.append({"run": str(run), **_fold(run), **_validation(run), "scored_on": scored_on, **_test(study)})
     common = sorted(set.intersection(*(set(value) for value in overrides.values()))) if overrides else []
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -90,7 +91,8 @@ def sort_by_selection(table: pd.DataFrame) -> pd.DataFrame:
                              kind="stable").reset_index(drop=True)
 
 
-SCORING_COMMANDS = ("train", "evaluate")
+# The commands whose folders hold no scores (a job renamed with hydra.job.name=... is still taken for a run)
+OTHER_COMMANDS = ("audit", "bench", "export", "predict", "summarize", "synth")
 
 
 def _command(run: Path) -> str | None:
@@ -188,7 +190,7 @@ def summary_markdown(table: pd.DataFrame, cross_validation: pd.DataFrame, common
             "selected epoch": table["best_epoch"].map(_count),
             "selection": table["selection"].fillna(""), "selected score": table["selection_score"].map(_number),
             "val loss": table["val_loss"].map(_number), "val study kappa": table["val_study_kappa"].map(_number),
-            "scored on": table["scored_on"],
+            "scored on": table["scored_on"].fillna(""),
             "study kappa (95% CI)": [f"{format_metric(_value(k))} ({format_interval(_value(lo), _value(hi))})"
                                      for k, lo, hi in zip(table["study_kappa"], table["kappa_ci_low"], table["kappa_ci_high"], strict=True)],
             "study AUROC": table["study_auroc"].map(_number), "studies": table["studies"].map(_count),
