@@ -202,14 +202,20 @@ def report_skipped(skipped: list[str], output_dir: Path, write: bool) -> None:
 
 def write_test_outputs(model, datamodule, output_dir: Path, tested: str) -> None:
     report = model.reports["test"]
+    split = f"the test split (official valid) of {datamodule.root}, body parts {', '.join(datamodule.body_parts)}"
+    scored, listed = report["image"]["overall"]["n"], int((datamodule.splits["split"] == "test").sum())
+    partial = ""
+    if scored < listed:  # trainer.limit_test_batches (debug=limit): no number to report as the test result
+        partial = f"PARTIAL: {scored} of its {listed} images (trainer.limit_test_batches)"
+        log.warning("the test scored %s; its numbers are not the test split's", partial)
+        split += f"; {partial}"
     write_run_outputs(
         output_dir, report, model.predictions["test"], datamodule.studies, datamodule.splits["path"],
-        model.hparams.threshold, title="Test results after training",
-        split_description=f"the test split (official valid) of {datamodule.root}, body parts {', '.join(datamodule.body_parts)}",
-        checkpoints=[tested],
+        model.hparams.threshold, title="Test results after training", split_description=split, checkpoints=[tested],
     )
     table = metrics_table(report, "study").to_markdown(index=False)
-    print(f"\nTest split ({datamodule.root}), study level:\n{table}\n\nwritten to {output_dir}")
+    heading = f"Test split ({datamodule.root}{', ' + partial if partial else ''}), study level"
+    print(f"\n{heading}:\n{table}\n\nwritten to {output_dir}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
