@@ -92,7 +92,7 @@ def run_bench(cfg: DictConfig) -> dict:
             measure = measures["evaluate" if settings.pop("end_to_end", False) else kind]
             if kind == STARTUP:
                 settings["variant"] = variant
-                settings["timeout_s"] = min(settings.get("timeout_s", math.inf), remaining)
+                settings["timeout_s"] = min(settings["timeout_s"], remaining)
             measured = measure(recipe, settings)
         except measurements.NeedsCuda as exc:
             result["not_measured"].append({"kind": kind, "recipe": recipe, "variant": variant, "reason": str(exc)})

@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mura.app.errors import ConfigError
+from mura.app.run_start import HYDRA_RECORD
 from mura.evaluation.metrics import format_interval, format_metric
 
 
@@ -25,10 +26,10 @@ def find_runs(paths: list[str]) -> list[Path]:
     for path in map(Path, paths):
         if not path.is_dir():
             raise ConfigError(f"runs: {path} is not a folder; pass run folders, sweep folders or quoted glob patterns")
-        if (path / ".hydra").is_dir() or (path / "metrics.json").is_file():
+        if (path / HYDRA_RECORD).is_dir() or (path / "metrics.json").is_file():
             runs.append(path)
             continue
-        jobs = sorted((child for child in path.iterdir() if (child / ".hydra").is_dir()), key=_job_order)
+        jobs = sorted((child for child in path.iterdir() if (child / HYDRA_RECORD).is_dir()), key=_job_order)
         if not jobs:
             raise ConfigError(f"runs: {path} is neither a run folder (.hydra/, metrics.json) nor a sweep folder (0/, 1/, ...)")
         runs.extend(jobs)
@@ -65,9 +66,10 @@ def summarize_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[str], list[tupl
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 skipped.append((str(metrics_path), f"not a mura metrics file ({error!r})"))
                 continue
-        overrides[str(run)] = _overrides(run)
-        scored_on = _scored_split(run) if study else None  # test=false: nothing scored
-        rows.append({"run": str(run), **_fold(run), **_validation(run), "scored_on": scored_on, **_test(study)})
+        overrides[str(run)] = [str(item) for item in _recorded(run, "overrides.yaml") or []]
+        config = _recorded(run, "config.yaml") or OmegaConf.create()
+        scored_on = _scored_split(config) if study else None  # test=false: nothing scored
+        rows.append({"run": str(run), **_fold(config), **_validation(run), "scored_on": scored_on, **_test(study)})
     common = sorted(set.intersection(*(set(value) for value in overrides.values()))) if overrides else []
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -95,24 +97,26 @@ def sort_by_selection(table: pd.DataFrame) -> pd.DataFrame:
 OTHER_COMMANDS = ("audit", "bench", "export", "predict", "summarize", "synth")
 
 
+def _recorded(run: Path, name: str) -> DictConfig | ListConfig | None:
+    """One file of the run's .hydra/ (config.yaml, hydra.yaml, overrides.yaml), None where the run has none."""
+    path = run / HYDRA_RECORD / name
+    return OmegaConf.load(path) if path.is_file() else None
+
+
 def _command(run: Path) -> str | None:
     """The mura command that wrote the folder (Hydra's job name: train, evaluate, audit...), None if not recorded."""
-    path = run / ".hydra" / "hydra.yaml"
-    return OmegaConf.select(OmegaConf.load(path), "hydra.job.name", default=None) if path.is_file() else None
+    return OmegaConf.select(_recorded(run, "hydra.yaml") or OmegaConf.create(), "hydra.job.name", default=None)
 
 
-def _scored_split(run: Path) -> str:
-    """The split metrics.json scored: a training run's test split, or the split a mura.evaluate was asked for
-    (eval.split: test, val or train)."""
-    path = run / ".hydra" / "config.yaml"
-    return str(OmegaConf.select(OmegaConf.load(path), "eval.split", default="test")) if path.is_file() else "test"
+def _scored_split(config: DictConfig) -> str:
+    """The split metrics.json scored, from the run's config: a training run's test split, or the split a
+    mura.evaluate was asked for (eval.split: test, val or train)."""
+    return str(OmegaConf.select(config, "eval.split", default="test"))
 
 
-def _fold(run: Path) -> dict:
+def _fold(config: DictConfig) -> dict:
     """The cross-validation fold the run validated on and the number of folds (data.cv_fold, data.cv_folds of its
     config), or None for each."""
-    path = run / ".hydra" / "config.yaml"
-    config = OmegaConf.load(path) if path.is_file() else OmegaConf.create()
     return {"cv_fold": OmegaConf.select(config, "data.cv_fold", default=None),
             "cv_folds": OmegaConf.select(config, "data.cv_folds", default=None)}
 
@@ -131,11 +135,6 @@ def cross_validation_table(table: pd.DataFrame) -> pd.DataFrame:
                          val_kappa_sd=("val_study_kappa", "std"), val_auroc_mean=("val_study_auroc", "mean"),
                          val_auroc_sd=("val_study_auroc", "std"), epochs=("epochs", "mean")).reset_index()
     return result.sort_values("val_kappa_mean", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def _overrides(run: Path) -> list[str]:
-    path = run / ".hydra" / "overrides.yaml"
-    return [str(item) for item in OmegaConf.load(path) or []] if path.is_file() else []
 
 
 def _validation(run: Path) -> dict:
