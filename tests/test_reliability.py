@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import REPO, compose_config, tiny_training_overrides
+from mura.data.datamodule import MuraDataModule
 from mura.data.sampling import SeededSampler
 from mura.models.checkpoint import AtomicCheckpointIO
 from mura.models.loss_watch import NonFiniteLossError
@@ -360,17 +361,19 @@ class _Indexed(torch.utils.data.Dataset):
         return torch.tensor([float(index)]), index
 
 
-class _ResumableData(pl.LightningDataModule):
-    """MuraDataModule's train loader logic (SeededSampler, drop_last, resume_position) over 40 numbered samples."""
+class _ResumableData(MuraDataModule):
+    """MuraDataModule's train loader logic (SeededSampler, drop_last, the resume position it saves in checkpoints and
+    restores) over 40 numbered samples."""
 
     def __init__(self, workers: int):
-        super().__init__()
-        self.workers = workers
+        pl.LightningDataModule.__init__(self)
+        self.workers, self.split_definition, self._resume_from = workers, None, None
 
-    def train_dataloader(self):
-        from mura.data.datamodule import MuraDataModule
+    def prepare_data(self):
+        pass
 
-        return MuraDataModule.train_dataloader(self)
+    def setup(self, stage: str):
+        pass
 
     def dataloader(self, split: str):
         # Workers draw their first samples when the iterator is made, before Lightning's set_epoch
@@ -387,11 +390,14 @@ class _Stop(Exception):
 
 
 class _Recorder(pl.LightningModule):
-    """Records the samples of every training batch; raises _Stop once, where asked."""
+    """Records the samples of every training batch; raises _Stop once, where asked. `per_step_schedule`: its
+    configure_optimizers reads trainer.estimated_stepping_batches, as a schedule stepped per step does (warmup_cosine),
+    which builds and starts the train loader before Lightning restores the fit loop's progress."""
 
-    def __init__(self, trained: list, stop_where: str | None = None, stop_at: int = -1):
+    def __init__(self, trained: list, stop_where: str | None = None, stop_at: int = -1, per_step_schedule: bool = False):
         super().__init__()
         self.layer, self.trained, self.stop_where, self.stop_at = torch.nn.Linear(1, 1), trained, stop_where, stop_at
+        self.per_step_schedule = per_step_schedule
 
     def training_step(self, batch, batch_idx):
         self.trained.append((self.current_epoch, batch[1].tolist()))
@@ -408,17 +414,25 @@ class _Recorder(pl.LightningModule):
             raise _Stop
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.01)
+        if not self.per_step_schedule:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-@pytest.mark.parametrize(("stop_where", "stop_at", "workers"), [
-    ("training_step", 15, 0),  # mid-epoch, inside a step: that batch again
-    ("on_train_batch_end", 15, 0),  # mid-epoch, after a step: Lightning counts the batch as done
-    ("on_train_batch_end", 10, 2),  # after the epoch's last batch: the next epoch whole
-    ("validation", 0, 2),  # in the end-of-epoch validation: the next epoch whole
+@pytest.mark.parametrize(("stop_where", "stop_at", "workers", "per_step_schedule"), [
+    ("training_step", 15, 0, False),  # mid-epoch, inside a step: that batch again
+    ("on_train_batch_end", 15, 0, False),  # mid-epoch, after a step: Lightning counts the batch as done
+    ("on_train_batch_end", 10, 2, False),  # after the epoch's last batch: the next epoch whole
+    ("validation", 0, 2, False),  # in the end-of-epoch validation: the next epoch whole
+    ("training_step", 15, 2, True),  # the same, with a schedule that reads the run's length in configure_optimizers
+    ("on_train_batch_end", 15, 0, True),
+    ("validation", 0, 2, True),
 ])
 def test_a_resumed_fit_trains_on_the_batches_the_uninterrupted_one_does(tmp_path: Path, stop_where: str, stop_at: int,
-                                                                       workers: int):
+                                                                       workers: int, per_step_schedule: bool):
     """Each kind of interruption's checkpoint, resumed: every epoch trains on the same batches, in the same order, as
     a fit never stopped (10 batches an epoch; the batch being trained when it stopped counts once)."""
     def fit(trained: list, folder: Path, ckpt_path: str | None = None, **stop) -> None:
@@ -426,7 +440,8 @@ def test_a_resumed_fit_trains_on_the_batches_the_uninterrupted_one_does(tmp_path
                              accelerator="cpu", num_sanity_val_steps=0, default_root_dir=folder,
                              callbacks=[pl.callbacks.OnExceptionCheckpoint(folder, "interrupted")])
         with contextlib.suppress(_Stop):
-            trainer.fit(_Recorder(trained, **stop), datamodule=_ResumableData(workers), ckpt_path=ckpt_path)
+            trainer.fit(_Recorder(trained, per_step_schedule=per_step_schedule, **stop), datamodule=_ResumableData(workers),
+                        ckpt_path=ckpt_path)
 
     straight, resumed = [], []
     fit(straight, tmp_path / "straight")

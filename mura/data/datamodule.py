@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from mura.data.cache import ImageCache, open_or_build_cache
@@ -124,6 +125,7 @@ class MuraDataModule(pl.LightningDataModule):
         self.split_definition: dict[str, Any] | None = None
         self.skipped: dict[str, str] = {}  # unreadable images left out (data.on_bad_image=skip): path -> reason
         self._checked: set[str] = set()
+        self._resume_from: tuple[int, int] | None = None  # (epoch, batches done) of the checkpoint a fit resumes from
 
     # -- Lightning hooks ---------------------------------------------------------------------------------
 
@@ -239,16 +241,27 @@ class MuraDataModule(pl.LightningDataModule):
         return self.trainer.strategy.broadcast(value, src=0)
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint: what defines the run's split, so `mura.evaluate` rebuilds the same one."""
-        return {"split": {**self.split_definition, "body_parts": list(self.body_parts)}} if self.split_definition else {}
+        """Saved in every checkpoint: what defines the run's split, so `mura.evaluate` rebuilds the same one, and,
+        while fitting, where a fit resumed from it goes on (`resume_position`)."""
+        state: dict[str, Any] = {"split": self._split_state()} if self.split_definition else {}
+        if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            epoch, batches_done = resume_position(self.trainer)
+            state["resume"] = {"epoch": epoch, "batches_done": batches_done}
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """On resume: the run must go on with the split and the body parts it started with."""
+        """On resume: the run must go on with the split and the body parts it started with, and its train loader
+        starts where the checkpoint says (`train_dataloader`)."""
         saved = state_dict.get("split")
-        mismatch = split_mismatch(saved, self.state_dict()["split"]) if saved and self.split_definition else None
+        mismatch = split_mismatch(saved, self._split_state()) if saved and self.split_definition else None
         if mismatch:
             raise MuraDataError(f"cannot resume from this checkpoint: {mismatch}; resume with the settings and data it was "
                                 "trained with")
+        if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING and "resume" in state_dict:
+            self._resume_from = (int(state_dict["resume"]["epoch"]), int(state_dict["resume"]["batches_done"]))
+
+    def _split_state(self) -> dict[str, Any]:
+        return {**self.split_definition, "body_parts": list(self.body_parts)}
 
     # -- what the rest of the package asks for -----------------------------------------------------------
 
@@ -333,7 +346,14 @@ class MuraDataModule(pl.LightningDataModule):
         # Lightning starts the loader's iterator before it calls set_epoch, and worker processes draw their first
         # indices at once: a run resumed at epoch 3 trained its first epoch on epoch 0's order and augmentation, and
         # so ended with other numbers than the run never interrupted. The sampler starts where the fit resumes.
-        epoch, batches_done = resume_position(self.trainer) if self.trainer is not None else (0, 0)
+        # That position comes from the checkpoint (restored into this module before the model's configure_optimizers
+        # runs) rather than from the fit loop's counters, which are restored after it: a per-step schedule reads
+        # trainer.estimated_stepping_batches there, which builds and starts this loader, and the loop's counters then
+        # still said "epoch 0, nothing done" (a resumed warm-up-cosine run trained on epoch 0's batches again).
+        if self._resume_from is not None:
+            (epoch, batches_done), self._resume_from = self._resume_from, None  # once: a reload later starts whole
+        else:  # a new fit, or a checkpoint of an earlier version, which recorded no position
+            epoch, batches_done = resume_position(self.trainer) if self.trainer is not None else (0, 0)
         loader.sampler.resume_at(epoch, batches_done * loader.batch_size)
         return loader
 

@@ -10,7 +10,6 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
 from mura import __version__
@@ -22,6 +21,7 @@ from mura.evaluation.store import PredictionStore, predictions_frame
 from mura.models.backbones import build_backbone
 from mura.models.loss import StudyTypeWeightedBCE
 from mura.models.loss_watch import DeferredLossCheck
+from mura.models.weight_averaging import EMAOnceUpdated
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ class MuraClassifier(pl.LightningModule):
     (`eval_transform`).
 
     `ema`: {"decay": 0.999, "start_step": 0} keeps an exponential moving average of the weights (Lightning's
-    `EMAWeightAveraging`, BatchNorm statistics averaged too); the averaged weights are the ones validated,
-    checkpointed, tested and explained. None: off.
+    `EMAWeightAveraging`, BatchNorm statistics averaged too, mura.models.weight_averaging); the averaged weights are
+    the ones validated, checkpointed, tested and explained, from the first update on (the live weights before it).
+    None: off.
     `scheduler_interval`: "epoch", or "step" for schedulers stepped every optimizer step; a step scheduler's factory
     also receives `total_steps` and `steps_per_epoch` (mura.models.schedules).
     """
@@ -215,7 +216,7 @@ class MuraClassifier(pl.LightningModule):
         # Fitting only: testing or validating a checkpoint reads the averaged weights it already holds.
         if not ema or ema.get("decay") is None or self.trainer.state.fn != TrainerFn.FITTING:
             return []
-        return [EMAWeightAveraging(decay=float(ema["decay"]), update_starting_at_step=int(ema.get("start_step") or 0))]
+        return [EMAOnceUpdated(decay=float(ema["decay"]), update_starting_at_step=int(ema.get("start_step") or 0))]
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-4))
@@ -248,12 +249,6 @@ class MuraClassifier(pl.LightningModule):
         checkpoint["mura"] = {"version": __version__, "format": CHECKPOINT_FORMAT, "rng": rng}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
-            # Testing or validating a checkpoint of a run with weight averaging: its state_dict holds the averaged
-            # weights, which are the ones to score. An EMAWeightAveraging callback left over from fitting would
-            # otherwise load the raw weights (current_model_state) over them, being called after this hook.
-            checkpoint.pop("current_model_state", None)
-            checkpoint.pop("averaging_state", None)
         rng = checkpoint.get("mura", {}).get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
