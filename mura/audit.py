@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mura.app.errors import exit_on_user_error
 from mura.app.run_start import start_run
-from mura.data.audit import audit_markdown, audit_release
+from mura.data.audit import AUDIT_MARKDOWN, audit_markdown, audit_release
 from mura.data.index import check_root, refuse_writes_inside
 from mura.data.synthetic import choose_data_root, ensure_synthetic
 
@@ -29,7 +29,7 @@ def run_audit(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "audit.json").write_text(json.dumps(audit, indent=2))
-    (output_dir / "audit.md").write_text(audit_markdown(audit))
+    (output_dir / AUDIT_MARKDOWN).write_text(audit_markdown(audit))
     log.info("audit written to %s", output_dir)
     return audit
 
@@ -39,7 +39,8 @@ def run_audit(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     start_run(cfg)
     audit = run_audit(cfg)
-    print(audit_markdown(audit, max_examples=3))
+    print(audit_markdown(audit, max_examples=3))  # a screenful; audit.md lists every problem
+    print(f"written to {Path(cfg.paths.output_dir) / AUDIT_MARKDOWN} (every problem) and audit.json")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,11 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise ConfigError(f"input={cfg.input}: no such file or folder (an image, a study folder or a folder of "
                           f"studies; relative to {Path.cwd()})") from None
     if not any(files for _, files in studies):
-        raise ConfigError(f"input={cfg.input}: no files to predict in it (hidden files and {', '.join(sorted(NOT_VIEWS))} "
-                          "files are not views)")
+        not_views = f"hidden files and {', '.join(sorted(NOT_VIEWS))} files are not views"
+        if Path(cfg.input).expanduser().is_file():
+            raise ConfigError(f"input={cfg.input}: not an image ({not_views}); give an image, a study folder or a folder "
+                              "of studies")
+        raise ConfigError(f"input={cfg.input}: no files to predict in it ({not_views})")
     model = load_classifier(cfg.ckpt_path, pick_device(cfg.device))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -46,6 +49,9 @@ def predict(cfg: DictConfig) -> list[dict]:
                 log.info("stdout was closed after %d study(ies) (`| head`, say); stopping", len(results))
                 break
     decided = [line for line in results if line.get("abnormal") is not None]  # a study with an error has no decision
+    if not decided and len(results) == len(studies):  # all tried (not cut short by `| head`), none predicted
+        raise ConfigError(f"input={cfg.input}: nothing could be predicted: {unpredicted(results)} (each study's "
+                          f"reasons are in {output_dir / 'predictions.jsonl'})")
     write_official_predictions(
         output_dir / "predictions_official.csv",
         pd.DataFrame({"study": [submission_study_path(line["study"], cfg.input) for line in decided],
@@ -56,6 +62,14 @@ def predict(cfg: DictConfig) -> list[dict]:
     log.info("%d study(ies) predicted, %d with problems; written to %s (and predictions_official.csv, Stanford's "
              "submission format)", len(results), problems, output_dir / "predictions.jsonl")
     return results
+
+
+def unpredicted(results: list[dict], shown: int = 5) -> str:
+    """Why studies have no prediction, a file or study and its reason each, for an error message."""
+    reasons = [f"{skipped['path']}: {skipped['reason']}" for line in results for skipped in line.get("skipped", [])]
+    reasons += [f"{line['study']}: {line['error']}" for line in results if not line.get("skipped")]
+    more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
+    return "; ".join(reasons[:shown]) + more
 
 
 def print_line(text: str) -> bool:

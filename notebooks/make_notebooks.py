@@ -123,7 +123,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from mura.data.images import load_grayscale
 from mura.inference.explain import study_heatmap_figure
@@ -132,16 +131,18 @@ from mura.models.checkpoint import load_classifier
 run_dir = Path(os.environ.get("MURA_RUN_DIR") or newest_run("demo") or newest_run("train"))
 root = Path(os.environ.get("MURA_ROOT", "../data/synthetic/MURA-v1.1"))
 model = load_classifier(run_dir / "checkpoints" / "best.ckpt")
-splits = pd.read_csv(run_dir / "splits.csv")
-transform = model.eval_transform()  # the preprocessing the checkpoint's network expects'''),
+splits = pd.read_csv(run_dir / "splits.csv")'''),
+        new_markdown_cell("Each map is drawn over the radiograph in its own proportions, whichever resize mode (squash or "
+                          "pad) the checkpoint was trained with. Colours are scaled within each view: 1 marks where "
+                          "that view's evidence for abnormal is strongest, however low its p(abnormal)."),
         new_code_cell(FIGURE + '''val = splits[splits["split"] == "val"]
 studies = [val[val["label"] == label]["study"].iloc[0] for label in (0, 1) if (val["label"] == label).any()]
 for study in studies:
     views = val[val["study"] == study].head(4)
     raw = [load_grayscale(root / path) for path in views["path"]]
-    batch = torch.stack([transform(torch.from_numpy(p).unsqueeze(0)) for p in raw])
     truth = "abnormal" if views["label"].iloc[0] else "normal"
-    figure, _ = study_heatmap_figure(model.network, batch, raw, f"{study} (truth: {truth}), p(abnormal) = {{probability:.2f}}")
+    # The checkpoint's own preprocessing and resize mode make the network's input (as in the gallery and mura.predict)
+    figure, _ = study_heatmap_figure(model, raw, f"{study} (truth: {truth}), p(abnormal) = {{probability:.2f}}")
     display(figure)'''),
     ],
 }

@@ -86,6 +86,18 @@ def test_audit_command_writes_json_and_markdown(synthetic_root: Path, tmp_path: 
     assert "of the whole official train split" in markdown and "minus its validation patients" in markdown
     assert audit["loss_weights_from"].startswith("image counts of the whole official train split")
     assert "inverted_image" in result.stdout
+    # audit.md lists every problem (it listed 5 of each kind); the printed summary 3 of each and how many more, where
+    assert [problem for problem in audit["problems"] if f"- `{problem['path']}`: {problem['detail']}" not in markdown] == []
+    many = {kind: count for kind, count in audit["summary"].items() if count > 5}
+    assert many, "the tiny tree must have a kind of problem with more than 5 cases"
+    for kind, count in audit["summary"].items():
+        shown = result.stdout.split(f"### {kind}\n")[1].split("\n\n")[0].splitlines()
+        assert shown[3:] == ([f"- and {count - 3} more, all in audit.md"] if count > 3 else []), kind
+    assert f"written to {run_dir / 'audit.md'}" in result.stdout
+    # The `all` row has no loss weights of its own (they are per body part): blank, not nan
+    assert "nan" not in markdown and "nan" not in result.stdout
+    all_row = next(line for line in markdown.splitlines() if line.startswith("| all "))
+    assert all_row.replace(" ", "").endswith("||")
 
 
 def test_audit_command_without_root_fails_clearly(tmp_path: Path):

@@ -66,7 +66,8 @@ WIDE_TITLE = "WWWWMMMM" * 25  # a user's folder name of wide glyphs and no space
 @pytest.mark.parametrize(("views", "title"), [(1, STUDY_TITLE), (2, STUDY_TITLE), (5, STUDY_TITLE), (1, WIDE_TITLE)])
 def test_a_study_figure_shows_every_view_whole_under_a_whole_title(views: int, title: str):
     """The fixed layout (no layout engine): the title, wrapped, and each view's title sit inside the figure, above
-    the views; the views sit side by side inside the figure, none over another."""
+    the views; the views sit side by side inside the figure, none over another; the colour bar (its ticks and label)
+    right of them and the scale note below them, inside the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from mura.inference.explain import overlay_figure
@@ -79,15 +80,52 @@ def test_a_study_figure_shows_every_view_whole_under_a_whole_title(views: int, t
     suptitle = figure._suptitle.get_window_extent(renderer)
     assert len(figure._suptitle.get_text().splitlines()) >= (2 if views == 1 else 1)  # wrapped to the figure's width
     assert "".join(figure._suptitle.get_text().split()) == "".join(title.split())  # every character kept
-    axes = sorted(figure.axes, key=lambda axis: axis.get_position().x0)
+    axes = sorted((axis for axis in figure.axes if axis.images), key=lambda axis: axis.get_position().x0)
     assert len(axes) == views
+    [bar] = [axis for axis in figure.axes if not axis.images]
+    [note] = [text for text in figure.texts if text is not figure._suptitle]
+    bar_box, note_box = bar.get_tightbbox(renderer), note.get_window_extent(renderer)
+    for box in (bar_box, note_box):
+        assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1
     for axis in axes:
         panel, panel_title = axis.get_window_extent(renderer), axis.title.get_window_extent(renderer)
         for box in (panel, panel_title, suptitle):
             assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1
         assert panel.y1 <= panel_title.y0 and panel_title.y1 <= suptitle.y0  # views, their titles, the title: no overlap
+        assert note_box.y1 <= panel.y0  # the note under the views
     for left, right in zip(axes, axes[1:], strict=False):  # neighbours
         assert left.get_window_extent(renderer).x1 <= right.get_window_extent(renderer).x0
+    assert axes[-1].get_window_extent(renderer).x1 <= bar_box.x0
+
+
+def test_every_heat_map_is_on_one_stated_scale():
+    """Grad-CAM maps come scaled to each view's own maximum: the figure draws them all on 0-1, shows that scale in a
+    colour bar, and says what 1 means (the strongest place of the view at any p(abnormal)), so red on a normal view
+    at p = 0.47 reads for what it is."""
+    from mura.inference.explain import overlay_figure
+
+    maps = np.stack([np.linspace(0, 1, 64 * 48).reshape(64, 48), np.linspace(0, 0.3, 64 * 48).reshape(64, 48)])
+    figure = overlay_figure([np.full((64, 48), 100, dtype=np.uint8)] * 2, maps, np.array([0.47, 0.2]), "study")
+    heats = [axis.images[1] for axis in figure.axes if axis.images]
+    assert len(heats) == 2 and all(heat.get_clim() == (0, 1) and heat.get_cmap().name == "jet" for heat in heats)
+    [bar] = [heat.colorbar for heat in heats if heat.colorbar is not None]
+    assert (bar.vmin, bar.vmax) == (0, 1) and bar.ax in figure.axes and "maximum" in bar.ax.get_ylabel()
+    note = " ".join(" ".join(text.get_text() for text in figure.texts).split())
+    assert "1 marks where that view's evidence for abnormal is strongest, however low its p(abnormal)" in note
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_curves_count_whole_epochs(epochs: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    history = [{"epoch": e, "train/loss": 1 - 0.1 * e, "val/loss": 1 - 0.05 * e, "train/study/kappa": 0.1 * e,
+                "val/study/kappa": 0.05 * e} for e in range(epochs)]
+    figure, _ = curves_figure(history)
+    FigureCanvasAgg(figure).draw()
+    for axis in figure.axes:
+        low, high = axis.get_xlim()
+        shown = [tick for tick in axis.get_xticks() if low <= tick <= high]
+        assert shown and all(float(tick).is_integer() for tick in shown), (epochs, shown)
 
 
 def validation_images(studies_per_label: dict[str, tuple[int, int]]) -> pd.DataFrame:

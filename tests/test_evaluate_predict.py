@@ -239,10 +239,25 @@ def test_predict_reports_each_study_and_goes_on(trained_run, synthetic_root: Pat
     assert lines["empty"]["error"] == "no files to read"
     written = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
     assert len(written) == 3
-    # Stanford's submission format: only the decided study, no header; a MURA-shaped folder (BODY_PART/patientN/studyK)
-    # spelled from its release folder on, as the official CSVs do.
+    # Stanford's submission format: only the decided study, no header; outside a release (no split folder above the
+    # body part), spelled from the input's own name on.
     official = (tmp_path / "out" / "predictions_official.csv").read_text()
-    assert official == f"{tmp_path.name}/inputs/XR_WRIST/patient1/study1/,{int(study['abnormal'])}\n"
+    assert official == f"inputs/XR_WRIST/patient1/study1/,{int(study['abnormal'])}\n"
+
+
+def test_predictions_inside_a_renamed_release_are_spelled_as_its_csvs(trained_run, synthetic_root: Path, tmp_path: Path):
+    """Stanford's evaluation joins on the exact study string: predictions of /data/my_mura/valid/... must read
+    MURA-v1.1/valid/..., as valid_labeled_studies.csv does, or none of them is scored."""
+    renamed = tmp_path / "my_mura"
+    renamed.symlink_to(synthetic_root, target_is_directory=True)
+    cfg = compose_config([f"ckpt_path={trained_run[0] / 'checkpoints' / 'best.ckpt'}", f"input={renamed / 'valid'}",
+                          f"paths.output_dir={tmp_path / 'out'}"], config_name="predict")
+    decided = [line for line in predict(cfg) if "abnormal" in line]
+    official = pd.read_csv(tmp_path / "out" / "predictions_official.csv", header=None, names=["study", "prediction"])
+    labelled = pd.read_csv(synthetic_root / "valid_labeled_studies.csv", header=None, names=["study", "label"])
+    assert official["study"].iloc[0].startswith("MURA-v1.1/valid/XR_")
+    joined = official.merge(labelled, on="study")  # the official script's inner join
+    assert len(joined) == len(official) == len(decided) == len(labelled)
 
 
 def test_predict_on_nothing_is_an_error_not_an_empty_success(trained_run, tmp_path: Path):
@@ -257,6 +272,28 @@ def test_predict_on_nothing_is_an_error_not_an_empty_success(trained_run, tmp_pa
         with pytest.raises(ConfigError, match=message):
             predict(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_with_nothing_predictable_exits_2_naming_the_files(trained_run, tmp_path: Path, caplog):
+    """A text file named .png, or notes.txt, used to give exit 0, "1 study predicted, 1 with problems" and an empty
+    predictions_official.csv."""
+    from mura.predict import main
+
+    checkpoint = trained_run[0] / "checkpoints" / "best.ckpt"
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image either")
+    for target, message in ((fake, f"input={fake}: nothing could be predicted: {fake}: "),
+                            (notes, f"input={notes}: not an image")):
+        out = tmp_path / f"out_{target.stem}"
+        caplog.clear()
+        with pytest.raises(SystemExit) as stopped:  # the command's own main, as `python -m mura.predict` runs it
+            main(compose_config([f"ckpt_path={checkpoint}", f"input={target}", f"paths.output_dir={out}"],
+                                config_name="predict"))
+        assert stopped.value.code == 2
+        assert message in caplog.text
+        assert not (out / "predictions_official.csv").exists()
 
 
 @pytest.mark.slow

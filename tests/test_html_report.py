@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from mura.evaluation.html_report import report_html
 from mura.evaluation.metrics import metrics_report
-from mura.evaluation.report import write_run_outputs
+from mura.evaluation.report import report_content, write_run_outputs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PARTS = ("XR_ELBOW", "XR_HAND")
@@ -173,6 +174,18 @@ def test_every_table_and_the_run_identity_are_there(training_run):
     assert "/runs/a/checkpoints/best.ckpt (epoch 3)" in text and "/runs/b/checkpoints/best.ckpt" in text
     assert "percentile bootstrap over patients (100 replicates" in text  # the CI method, as in report.md
     assert "15 equal-width bins" in text
+
+
+def test_the_title_is_shown_once_and_the_tab_names_the_run(tmp_path):
+    """The heading shows the title; the browser's tab, the run folder (every training run's title is the same)."""
+    run_dir = tmp_path / "train" / "2025-01-02_03-04-05"
+    content = report_content(metrics_report(images_table(), bootstrap=0), "Test results after training", "the test split",
+                             ["best.ckpt"], 0.5)
+    text = report_html(content, run_dir)
+    words = " ".join(" ".join(Page(text).text).split())
+    assert words.count("Test results after training") == 1
+    assert re.search(r"<h1>(.*?)</h1>", text).group(1) == "Test results after training"
+    assert re.search(r"<title>(.*?)</title>", text).group(1) == "train/2025-01-02_03-04-05: MURA report"
 
 
 def test_an_evaluation_folder_shows_what_it_has_and_text_is_escaped(tmp_path):

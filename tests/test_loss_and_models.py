@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torchvision import models
 
+from conftest import compose_config
 from mura.app.errors import ConfigError
 from mura.data.index import BODY_PARTS
 from mura.models import backbones
@@ -74,6 +77,59 @@ def test_weights_file_loads_strictly_and_names_bad_keys(tmp_path: Path):
     torch.save(state, bad)
     with pytest.raises(ConfigError, match=r"1 missing key\(s\) \['features.norm5.weight'\], 1 unexpected key\(s\) \['extra.weight'\]"):
         build_backbone("densenet121", weights_path=str(bad))
+
+
+def save_as_torchvision_published(state: dict, path: Path) -> None:
+    """Write `state` as torchvision's published DenseNet files are (densenet169-b2777c0a.pth, 2017): dense layers' keys
+    in their old spelling (`norm.1`, `relu.1`, `conv.1`, the names torchvision's `_load_state_dict` remaps) and no
+    BatchNorm `num_batches_tracked` counters, which torch added in 0.4.1."""
+    legacy = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", key): value
+              for key, value in state.items() if not key.endswith("num_batches_tracked")}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
+    torch.save(legacy, path)
+
+
+def test_the_readmes_offline_command_loads_torchvisions_published_file_format(synthetic_root: Path, tmp_path: Path):
+    """`python -m mura.train experiment=wrist model.weights_path=FILE`, the offline form of the paper's ImageNet start
+    that the README and the download error give: the experiment's model.pretrained=true and a weights file mean
+    pretrained, from that file."""
+    torch.manual_seed(0)
+    reference = models.densenet169(weights=None)
+    with torch.no_grad():  # statistics and weights that no fresh network has, so loading them is what shows
+        for name, buffer in reference.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_()
+        reference.features.denseblock1.denselayer1.norm1.weight.normal_()
+    weights = tmp_path / "densenet169-b2777c0a.pth"
+    save_as_torchvision_published(reference.state_dict(), weights)
+    cfg = compose_config(["experiment=wrist", f"data.root={synthetic_root}", f"model.weights_path={weights}",
+                          "data.image_size=32", "data.num_workers=0", f"paths.output_dir={tmp_path}"])
+    assert cfg.model.pretrained  # as the experiment sets it: the file is its offline source, not a conflict
+    network = instantiate(cfg.model, _convert_="all").network  # as mura.train builds its model
+    expected = reference.state_dict()
+    for key, value in network.state_dict().items():
+        if key.startswith("features."):  # the head is new: one logit
+            assert torch.equal(value, expected[key]), key
+    assert network.features.denseblock1.denselayer1.norm1.num_batches_tracked.item() == 0
+    assert network.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 1)
+
+
+def test_a_weights_file_of_another_shape_is_named_not_a_traceback(tmp_path: Path):
+    state = models.densenet121(weights=None).state_dict()
+    state["features.conv0.weight"] = torch.zeros(64, 1, 7, 7)  # a one-channel first convolution
+    torch.save(state, tmp_path / "one_channel.pth")
+    with pytest.raises(ConfigError, match=r"1 of another shape \['features.conv0.weight \(64, 1, 7, 7\) \(model \(64, 3, 7, 7\)\)'\]"):
+        build_backbone("densenet121", weights_path=str(tmp_path / "one_channel.pth"))
+
+
+def test_a_timm_weights_file_is_used_when_pretrained_is_also_set(tmp_path: Path, monkeypatch):
+    import timm
+
+    source = timm.create_model("resnet10t")  # ImageNet-shaped: 1,000 classes, three channels
+    torch.save(source.state_dict(), tmp_path / "imagenet.pth")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download attempt would fail, not fetch
+    model = build_backbone("timm/resnet10t", pretrained=True, weights_path=str(tmp_path / "imagenet.pth"))
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], source.state_dict()["layer1.0.conv1.weight"])
 
 
 def test_offline_pretrained_says_both_options(monkeypatch):

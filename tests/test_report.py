@@ -130,6 +130,21 @@ def test_confusion_counts_are_white_on_dark_cells(tmp_path, saved_figures):
     assert overall.images[0].get_clim() == (0, 50)
 
 
+@pytest.mark.parametrize(("parts", "panels", "grid"), [(1, 2, (1, 2)), (7, 8, (2, 4))])
+def test_confusion_figure_is_laid_out_for_its_panels(tmp_path, saved_figures, parts: int, panels: int, grid):
+    """Overall and one panel per body part, at most four a row: one body part is two panels side by side, with no
+    empty half of the canvas beside them."""
+    names = ["XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST"][:parts]
+    studies = pd.DataFrame({"body_part": np.repeat(names, 4), "label": np.tile([0, 0, 1, 1], parts),
+                            "probability": np.tile([0.1, 0.7, 0.3, 0.9], parts)})
+    plot_confusion(studies, 0.5, tmp_path / "confusion.png")
+    figure = saved_figures[0]
+    assert [axis.get_title() for axis in figure.axes] == ["overall", *names]  # every axis a panel: none left blank
+    assert tuple(figure.get_size_inches()) == (3 * grid[1], 3 * grid[0])
+    columns = sorted({round(axis.get_position().x0, 3) for axis in figure.axes})
+    assert len(columns) == grid[1] and len(figure.axes) == panels
+
+
 def test_roc_curves_that_coincide_stay_distinguishable(tmp_path, saved_figures):
     studies = pd.DataFrame({
         "body_part": np.repeat(["XR_ELBOW", "XR_HAND", "XR_WRIST"], 6),

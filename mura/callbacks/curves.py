@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mura.callbacks.timing import record_drawing
 
@@ -99,6 +100,8 @@ def curves_figure(history: list[dict[str, float]], patience: int = 2) -> tuple[F
             axis.axvline(epochs[onset_index], color="tab:red", linestyle="--", label="overfitting starts")
         axis.set_title(title)
         axis.set_xlabel("epoch")
+        # Whole epochs only: a short run's axis read 0.5, 0.25...; min_n_ticks=1 holds a one-epoch axis to integers too
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axis.grid(alpha=0.3)
     if onset_index is not None:
         axes[0].fill_between(epochs[onset_index:], train_loss[onset_index:], val_loss[onset_index:], color="tab:red",

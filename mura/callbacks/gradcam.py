@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
-import torch
 
 from mura.callbacks.artifacts import RunFile, publish
 from mura.callbacks.timing import record_drawing
@@ -69,16 +68,14 @@ class GradCamGallery(pl.Callback):
             return []
         started = time.perf_counter()
         datamodule = trainer.datamodule
-        transform = pl_module.eval_transform()  # the checkpoint's own preprocessing (recipe, size, resize mode)
         written = []
         for study in self.gallery:
             views = study.head(self.max_views)
             raw = [load_grayscale(Path(datamodule.root) / path) for path in views["path"]]
-            inputs = torch.stack([transform(torch.from_numpy(pixels).unsqueeze(0)) for pixels in raw])
             first = views.iloc[0]
             label = "abnormal" if first["label"] == 1 else "normal"
             title = f"{first['body_part']} {first['patient']}: truth {label}, study p(abnormal) = {{probability:.2f}} ({when})"
-            figure, _ = study_heatmap_figure(pl_module.network, inputs, raw, title)
+            figure, _ = study_heatmap_figure(pl_module, raw, title)  # the module's own preprocessing and resize mode
             name = f"{first['body_part']}_{first['patient']}_{Path(first['study']).name}"
             file = RunFile(self.output_dir.parent, f"{self.output_dir.name}/{folder}/{name}.png", f"gradcam/{name}")
             save_figure(figure, file.path)

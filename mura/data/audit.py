@@ -22,6 +22,7 @@ from mura.data.images import ImageDecodeError, image_format
 from mura.data.index import BODY_PARTS, OFFICIAL_SPLITS, Problem, scan_release
 from mura.data.verify import load_checked_grayscale
 
+AUDIT_MARKDOWN = "audit.md"  # the audit's full listing, in the run folder
 NEAR_BLANK_STD = 4.0  # grey levels; real radiographs sit far above
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 64, 2048, 4.0
 
@@ -143,29 +144,35 @@ def audit_release(root: str | os.PathLike, check_pixels: bool = True, workers: i
     }
 
 
-def audit_markdown(audit: dict, max_examples: int = 5) -> str:
-    """A human-readable audit.md."""
+def audit_markdown(audit: dict, max_examples: int | None = None) -> str:
+    """A human-readable audit: every problem listed, or `max_examples` of each kind and how many more (the
+    summary a command prints; audit.md has them all)."""
     lines = [f"# Data audit of `{audit['root']}`", ""]
     for split, per_part in audit["counts"].items():
         lines += [f"## Counts: {split}", ""]
         frame = pd.DataFrame.from_dict(per_part, orient="index")
         if split == "train":
+            # Per body part only: the `all` row's weights cell stays blank (the paper weighs each study type on its own)
             weights = pd.DataFrame.from_dict(audit["loss_weights"], orient="index").round(4)
             frame = frame.join(weights)
-        lines += [frame.to_markdown(), ""]
+            frame = frame.astype(object).where(frame.notna(), None)
+        lines += [frame.to_markdown(missingval=""), ""]
         if split == "train":
             lines += ["`w_abnormal`, `w_normal`: the paper's loss weights from the image counts of the whole official "
-                      "train split. A training run computes its own from its train split (the official train split "
-                      "minus its validation patients) and logs them when it starts.", ""]
+                      "train split, per body part. A training run computes its own from its train split (the official "
+                      "train split minus its validation patients) and logs them when it starts.", ""]
     lines += ["## Problems", ""]
     if not audit["summary"]:
         lines.append("None found.")
     else:
         lines += [pd.DataFrame({"count": audit["summary"]}).to_markdown(), ""]
         for kind in audit["summary"]:
-            examples = [problem for problem in audit["problems"] if problem["kind"] == kind][:max_examples]
+            problems = [problem for problem in audit["problems"] if problem["kind"] == kind]
+            shown = problems if max_examples is None else problems[:max_examples]
             lines.append(f"### {kind}")
-            lines += [f"- `{problem['path']}`: {problem['detail']}" for problem in examples]
+            lines += [f"- `{problem['path']}`: {problem['detail']}" for problem in shown]
+            if len(shown) < len(problems):
+                lines.append(f"- and {len(problems) - len(shown)} more, all in {AUDIT_MARKDOWN}")
             lines.append("")
     if not audit["pixels_checked"]:
         lines.append("Pixel checks were skipped (audit.check_pixels=false).")

@@ -99,7 +99,7 @@ PAGE = Template("""<!DOCTYPE html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>$title</title>
+<title>$tab</title>
 <style>$style</style>
 </head>
 <body>
@@ -196,7 +196,10 @@ def report_sections(content: ReportContent, run_dir: Path) -> list[Section]:
     if gallery:
         sections.append(Section("gradcam", "Grad-CAM", "Grad-CAM gallery of the tested weights", [
             _note(f"{len(gallery)} validation studies, normal and abnormal: each view with its Grad-CAM heat map, the "
-                  f"true label and the predicted probabilities (files in `{GALLERY_DIR.as_posix()}/`)."),
+                  f"true label and the predicted probabilities (files in `{GALLERY_DIR.as_posix()}/`). Each view's "
+                  "colours are scaled to that view's own maximum: red marks where the model found most evidence for "
+                  "abnormal in it, at any p(abnormal), so a normal study has red places too; p(abnormal) says how "
+                  "sure the model is."),
             *(figure_html(path, path.name, "gallery") for path in gallery),
         ]))
     return sections
@@ -216,8 +219,11 @@ def report_html(content: ReportContent, run_dir: Path) -> str:
     )
     nav = "<nav>Contents: " + "".join(f'<a href="#{section.anchor}">{html.escape(section.label)}</a>'
                                       for section in sections) + "</nav>"
-    return PAGE.substitute(title=html.escape(content.title), style=STYLE, identity=identity, nav=nav,
-                           sections="\n".join(section.html() for section in sections))
+    # The page shows its title once, in the heading; the browser's tab names the run folder instead, which also tells
+    # apart the tabs of several runs' reports (every training run's title is the same).
+    tab = f"{'/'.join(Path(run_dir).resolve().parts[-2:])}: MURA report"
+    return PAGE.substitute(title=html.escape(content.title), tab=html.escape(tab), style=STYLE, identity=identity,
+                           nav=nav, sections="\n".join(section.html() for section in sections))
 
 
 def write_report_html(run_dir: Path, content: ReportContent) -> Path:

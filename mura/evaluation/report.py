@@ -232,7 +232,7 @@ def plot_roc(studies: pd.DataFrame, path: Path) -> None:
 def plot_confusion(studies: pd.DataFrame, threshold: float, path: Path) -> None:
     """Study-level confusion matrices, overall and per body part; counts in white on the dark cells."""
     groups = [("overall", studies), *studies.groupby("body_part", sort=True)]
-    columns = 4
+    columns = min(4, len(groups))  # one body part: overall and it, side by side, no empty panels beside them
     rows = int(np.ceil(len(groups) / columns))
     figure = Figure(figsize=(3 * columns, 3 * rows), layout="tight")
     axes = figure.subplots(rows, columns, squeeze=False)
@@ -350,16 +350,18 @@ def write_official_predictions(path: str | Path, studies: pd.DataFrame, root_nam
 
 
 _STUDY_FOLDER = re.compile(r"^study\d+", re.IGNORECASE)
+RELEASE_SPLIT_FOLDERS = ("train", "valid", "test")  # test: the hidden split, laid out as the others
 
 
 def submission_study_path(study: str | Path, input_path: str | Path) -> str:
     """How `predictions_official.csv` spells a study `mura.predict` found under `input_path` (for
     `write_official_predictions(..., root_name=None)`).
 
-    A study inside a MURA-shaped tree (.../RELEASE/SPLIT/XR_PART/patientN/studyK) is spelled from the release folder
-    on, as the official CSVs do: `MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/`. Any other folder is spelled
-    relative to the folder that holds the input, so the input's own name comes first (`scans/case1/`), or as given
-    when it is not under the input. A single image stands for its folder, as Stanford's own predictor groups images.
+    A study inside a MURA release (.../SPLIT/XR_PART/patientN/studyK, the release folder renamed or not) is spelled as
+    the official CSVs spell it, whatever the release folder is called, so that Stanford's evaluation joins it with
+    their rows: `MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/`. Any other folder is spelled relative to the
+    folder that holds the input, so the input's own name comes first (`scans/case1/`), or as given when it is not
+    under the input. A single image stands for its folder, as Stanford's own predictor groups images.
     """
     folder, given = PurePath(study), PurePath(input_path)
     if Path(study).is_file():
@@ -367,9 +369,9 @@ def submission_study_path(study: str | Path, input_path: str | Path) -> str:
     if Path(input_path).is_file():
         given = given.parent
     parts = folder.parts
-    if (len(parts) >= 5 and parts[-3].upper() in BODY_PARTS and parts[-2].lower().startswith("patient")
-            and _STUDY_FOLDER.match(parts[-1])):
-        return "/".join(parts[-5:]) + "/"
+    if (len(parts) >= 4 and parts[-4].lower() in RELEASE_SPLIT_FOLDERS and parts[-3].upper() in BODY_PARTS
+            and parts[-2].lower().startswith("patient") and _STUDY_FOLDER.match(parts[-1])):
+        return official_study_path("/".join([parts[-4].lower(), parts[-3].upper(), *parts[-2:]]))
     try:
         relative = folder.relative_to(given.parent if given.name else given)
     except ValueError:

@@ -1,27 +1,37 @@
-"""Grad-CAM heat maps for a MURA model (library code: used by the gallery callback and `mura.predict`).
+"""Grad-CAM heat maps for a MURA model (library code: the gallery callback, `mura.predict` and notebook 03 all draw
+through `study_heatmap_figure`).
 
 pytorch-grad-cam does the CAM; this module makes it safe under Lightning: gradients are switched back on
 even inside `torch.inference_mode` (where Lightning runs validation), and the network is returned to the
-train/eval mode it was found in (the library leaves it in eval mode).
+train/eval mode it was found in (the library leaves it in eval mode). The map is computed on the network's square
+input and drawn over the radiograph in its own proportions (`maps_on_radiographs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import TextToPath
-from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
+from torch.nn import functional
+from torchvision.transforms.v2.functional import resize as resize_image
 
+from mura.data.transforms import RESIZE_MODES
 from mura.models.backbones import gradcam_layer
+
+if TYPE_CHECKING:
+    from mura.models.classifier import MuraClassifier
 
 PANEL_INCHES = 3.0  # width and height of one view, its gap included
 PANEL_GAP_INCHES = 0.05  # on each side of a view
@@ -32,6 +42,18 @@ TITLE_POINTS = 10
 TITLE_LINE_INCHES = 0.2  # one line of the figure's title at TITLE_POINTS
 TITLE_FILL = 0.95  # of the figure's width a title line may take
 MARGIN_INCHES = 0.1  # above the title and below the views
+COLORBAR_INCHES = 0.7  # right of the views: the bar, its ticks and its label
+COLORBAR_BAR_INCHES = 0.12
+NOTE_POINTS = 8
+NOTE_LINE_INCHES = 0.16  # one line of the scale note under the views at NOTE_POINTS
+# pytorch-grad-cam scales every view's map to its own range, so colours compare places within one view only. That is
+# what the figures say rather than hide: a raw Grad-CAM has no unit (it moves with the network, the epoch, the
+# logit's gradient), so a scale shared across views or studies would look comparable and not be. The colours answer
+# "where", p(abnormal) above each view answers "how sure": a normal view at p = 0.05 still has a hottest place.
+SCALE_NOTE = ("Colour: Grad-CAM for 'abnormal', scaled within each view: 1 marks where that view's evidence for "
+              "abnormal is strongest, however low its p(abnormal), 0 where it is weakest. It shows where the model "
+              "looked, not how abnormal the view is: p(abnormal) says that.")
+COLORBAR_LABEL = "Grad-CAM, relative to the view's maximum"
 
 
 @contextlib.contextmanager
@@ -114,43 +136,100 @@ def wrap_to_width(text: str, inches: float, points: float) -> list[str]:
     return [*lines, line]  # an empty title is one empty line
 
 
+@functools.lru_cache(maxsize=8)
+def _scale_note_lines(inches: float) -> tuple[str, ...]:
+    """SCALE_NOTE wrapped to `inches`: a figure is one of a few widths (1-5 views), and measuring the note anew took
+    37 ms of every figure of a gallery."""
+    return tuple(wrap_to_width(SCALE_NOTE, inches, NOTE_POINTS))
+
+
 def overlay_figure(
-    radiographs: list[np.ndarray], maps: np.ndarray, probabilities: np.ndarray, title: str
+    radiographs: Sequence[np.ndarray], maps: Sequence[np.ndarray], probabilities: np.ndarray, title: str
 ) -> Figure:
-    """The views of one study side by side, heat map over the radiograph (jet at alpha 0.4, as the seed).
+    """The views of one study side by side, each heat map over its radiograph (the same shape: jet at alpha 0.4, as
+    the seed), with a colour bar and a note saying what the colours mean (`SCALE_NOTE`).
 
     A bare `Figure`: it needs no backend and leaves no pyplot state behind (safe in a headless training run); save it
-    with `save_figure`, hand it to TensorBoard's `add_figure`, or `display` it in a notebook. The title is wrapped to
-    the figure's width, so it is whole for any number of views. The panels sit at fixed places, computed here: a
-    layout engine would draw every figure twice (a gallery is 14 of them, drawn during training)."""
+    with `save_figure`, hand it to TensorBoard's `add_figure`, or `display` it in a notebook. The title and the note
+    are wrapped to the figure's width, so they are whole for any number of views. A view keeps its proportions inside
+    its square panel. The panels sit at fixed places, computed here: a layout engine would draw every figure twice (a
+    gallery is 14 of them, drawn during training)."""
     count = len(radiographs)
-    width = max(PANEL_INCHES * count, MIN_WIDTH_INCHES)
+    width = max(PANEL_INCHES * count, MIN_WIDTH_INCHES) + COLORBAR_INCHES
     lines = wrap_to_width(title, width * TITLE_FILL, TITLE_POINTS)
+    note = _scale_note_lines(width * TITLE_FILL)
     title_inches = TITLE_LINE_INCHES * len(lines) + MARGIN_INCHES
-    height = MARGIN_INCHES + PANEL_INCHES + PANEL_TITLE_INCHES + title_inches
+    bottom = MARGIN_INCHES + NOTE_LINE_INCHES * len(note) + MARGIN_INCHES  # of the panels, above the note
+    height = bottom + PANEL_INCHES + PANEL_TITLE_INCHES + title_inches
     figure = Figure(figsize=(width, height))
-    left = (width - PANEL_INCHES * count) / 2  # centred when the title makes the figure wider than its panels
+    # Centred (with the colour bar) when the title makes the figure wider than its panels.
+    left = (width - COLORBAR_INCHES - PANEL_INCHES * count) / 2
     side = PANEL_INCHES - 2 * PANEL_GAP_INCHES
     for index, (radiograph, heat, probability) in enumerate(zip(radiographs, maps, probabilities, strict=True)):
-        axis = figure.add_axes(((left + index * PANEL_INCHES + PANEL_GAP_INCHES) / width, MARGIN_INCHES / height,
+        axis = figure.add_axes(((left + index * PANEL_INCHES + PANEL_GAP_INCHES) / width, bottom / height,
                                 side / width, side / height))
         axis.imshow(radiograph, cmap="gray", vmin=0, vmax=255)
-        axis.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        heat_image = axis.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
         axis.set_title(f"p(abnormal) = {probability:.2f}", fontsize=PANEL_TITLE_POINTS)
+        axis.set_anchor("N")  # a wide view at the top of its panel: the views' titles on one line
         axis.set_axis_off()
+    bar = figure.add_axes(((left + count * PANEL_INCHES + PANEL_GAP_INCHES) / width, bottom / height,
+                           COLORBAR_BAR_INCHES / width, side / height))
+    colorbar = figure.colorbar(heat_image, cax=bar, ticks=[0, 0.5, 1])  # every view has the same 0-1 scale
+    colorbar.set_label(COLORBAR_LABEL, fontsize=NOTE_POINTS)
+    colorbar.ax.tick_params(labelsize=NOTE_POINTS)
     figure.suptitle("\n".join(lines), fontsize=TITLE_POINTS, y=1 - MARGIN_INCHES / 2 / height, va="top")
+    figure.text(0.5, MARGIN_INCHES / height, "\n".join(note), fontsize=NOTE_POINTS, ha="center", va="bottom")
     return figure
 
 
+def shown_size(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """A radiograph's size with its longest side image_size, its proportions kept: where `resize_square`'s pad mode
+    puts it in the network's input (mura/data/transforms.py, the same rounding)."""
+    scale = image_size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def maps_on_radiographs(maps: np.ndarray, shapes: Sequence[tuple[int, int]], resize_mode: str) -> list[np.ndarray]:
+    """Heat maps of the network's square input (N x S x S) in the geometry of each view's radiograph (height, width
+    in `shapes`), at `shown_size`: in pad mode the map of the padded square is cut to where the radiograph lies in
+    it (the padding is black the network saw, not anatomy); in squash mode the map of the stretched square is
+    stretched back to the radiograph's proportions. A radiologist reads the radiograph as it was taken, so the map
+    goes to it rather than the radiograph to the square."""
+    image_size = maps.shape[-1]
+    placed = []
+    for heat, (height, width) in zip(maps, shapes, strict=True):
+        shown_height, shown_width = shown_size(height, width, image_size)
+        if resize_mode == "pad":
+            # resize_square centres the radiograph and puts an odd pixel of padding right and bottom
+            top, left = (image_size - shown_height) // 2, (image_size - shown_width) // 2
+            placed.append(heat[top:top + shown_height, left:left + shown_width])
+        elif resize_mode == "squash":
+            square = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
+            stretched = functional.interpolate(square, size=(shown_height, shown_width), mode="bilinear",
+                                               align_corners=False, antialias=True)[0, 0].numpy()
+            placed.append(stretched.clip(0, 1))  # the filter's rounding steps a hair past 1 (1.0000001)
+        else:
+            raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {resize_mode!r}")
+    return placed
+
+
 def study_heatmap_figure(
-    network: nn.Module, inputs: torch.Tensor, radiographs: list[np.ndarray], title: str
+    model: MuraClassifier, radiographs: list[np.ndarray], title: str
 ) -> tuple[Figure, np.ndarray]:
-    """Grad-CAM of every view of one study over its radiograph (resized to the network's input), and the views'
-    probabilities. `title` may hold `{probability}`: the study's probability (mean of its views)."""
-    maps, probabilities = gradcam_maps(network, inputs)
-    height, width = inputs.shape[-2:]
-    shown = [np.asarray(Image.fromarray(pixels).resize((width, height), Image.BILINEAR)) for pixels in radiographs]
-    return overlay_figure(shown, maps, probabilities, title.format(probability=probabilities.mean())), probabilities
+    """Grad-CAM of every view of one study (uint8 H x W radiographs, as `load_grayscale` gives them) over its
+    radiograph, and the views' probabilities. The model's own preprocessing and resize mode (`eval_transform`,
+    `hparams.resize`) make its input, so the map is drawn where the network saw what it weighs. `title` may hold
+    `{probability}`: the study's probability (mean of its views)."""
+    transform = model.eval_transform()
+    inputs = torch.stack([transform(torch.from_numpy(pixels).unsqueeze(0)) for pixels in radiographs])
+    maps, probabilities = gradcam_maps(model.network, inputs)
+    image_size = inputs.shape[-1]
+    # At the network's resolution: in pad mode exactly the pixels it saw, the padding left out.
+    shown = [resize_image(torch.from_numpy(pixels)[None], list(shown_size(*pixels.shape, image_size)),
+                          antialias=True)[0].numpy() for pixels in radiographs]
+    heat = maps_on_radiographs(maps, [pixels.shape for pixels in radiographs], model.hparams.resize)
+    return overlay_figure(shown, heat, probabilities, title.format(probability=probabilities.mean())), probabilities
 
 
 def save_figure(figure: Figure, path: Path) -> None:

@@ -39,21 +39,27 @@ class StudyPrediction:
 NOT_VIEWS = frozenset({".csv", ".json", ".jsonl", ".md", ".txt", ".yaml", ".yml"})
 
 
+def may_be_view(path: Path) -> bool:
+    """Whether a file is worth trying as an image: not hidden (macOS `._` sidecars), not a data file (NOT_VIEWS)."""
+    return not path.name.startswith(".") and path.suffix.lower() not in NOT_VIEWS
+
+
 def find_studies(input_path: str | Path) -> list[tuple[Path, list[Path]]]:
     """(study folder or image, its files) for an image, a study folder or a tree of study folders (a MURA-v1.1
     folder included). Raises FileNotFoundError if `input_path` is not there.
 
     Hidden files (such as macOS `._` sidecars) and data files (NOT_VIEWS: a release's CSVs) are not views and are
-    left out; any other file is tried as an image, and one that is not is reported with its study."""
+    left out, even when given on their own; any other file is tried as an image, and one that is not is reported with
+    its study."""
     path = Path(input_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(path)
     if path.is_file():
-        return [(path, [path])]
+        return [(path, [path] if may_be_view(path) else [])]
     studies = []
     for folder in sorted([path, *(p for p in path.rglob("*") if p.is_dir())]):
         entries = list(folder.iterdir())
-        files = sorted(p for p in entries if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in NOT_VIEWS)
+        files = sorted(p for p in entries if p.is_file() and may_be_view(p))
         if files or not any(p.is_dir() for p in entries):  # an empty leaf folder is reported, not dropped
             studies.append((folder, files))
     return studies or [(path, [])]
@@ -105,7 +111,10 @@ def predict_study(
     result.abnormal = bool(result.probability > hparams.threshold)
     if cam_dir is not None:
         verdict = "abnormal" if result.abnormal else "normal"
-        figure, _ = study_heatmap_figure(model.network, batch, pixels, f"{study.name}: p(abnormal) = {{probability:.2f}} ({verdict})")
+        # Named as the gallery names a study (body part, patient), where the path says them; the study's own name last
+        patient = next((part for part in study.parts if re.fullmatch(r"patient\d+", part, re.IGNORECASE)), None)
+        heading = " ".join(dict.fromkeys(name for name in (result.body_part, patient, study.name) if name))
+        figure, _ = study_heatmap_figure(model, pixels, f"{heading}: p(abnormal) = {{probability:.2f}} ({verdict})")
         target = cam_dir / f"{_slug(study)}.png"
         save_figure(figure, target)
         result.cam.append(str(target))

@@ -3,6 +3,7 @@ and the seed's Keras CNN."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from torch import nn
 from torchvision import models
 
 from mura.app.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 BACKBONES = ("densenet169", "densenet121", "densenet_small", "seed_cnn")
 TIMM_PREFIX = "timm/"  # model.backbone=timm/efficientnet_b3: any model of timm's zoo
@@ -52,15 +55,32 @@ def _read_state_dict(weights_path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds; all mean "not a state dict we can read"
         raise ConfigError(f"model.weights_path {path}: not a readable PyTorch state dict ({error})") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.weights_path {path}: holds a {type(state).__name__}, not a state dict (parameter name -> tensor)")
+    return state
+
+
+def _shape(value: object) -> tuple | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _load_strictly(model: nn.Module, state: dict, weights_path: str | Path) -> None:
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-    if missing or unexpected:
+    """Load `state` into `model`, every key and shape matching, or a ConfigError naming what does not fit."""
+    expected = model.state_dict()
+    # Files saved before torch 0.4.1 (torchvision's published DenseNets among them) carry no BatchNorm
+    # `num_batches_tracked` counters; torch's own loading starts such counters at 0, and so does this (in place).
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros((), dtype=torch.long)
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    misshapen = sorted(f"{key} {_shape(state[key])} (model {_shape(expected[key])})"
+                       for key in set(state) & set(expected) if _shape(state[key]) != _shape(expected[key]))
+    if missing or unexpected or misshapen:
         raise ConfigError(
             f"model.weights_path {weights_path} does not fit {type(model).__name__}: "
             f"{len(missing)} missing key(s) {sorted(missing)[:5]}, {len(unexpected)} unexpected key(s) {sorted(unexpected)[:5]}"
+            + (f", {len(misshapen)} of another shape {misshapen[:5]}" if misshapen else "")
         )
     model.load_state_dict(state, strict=True)
 
@@ -104,9 +124,13 @@ def build_backbone(
         _adapt_first_conv(model, in_channels)
         return model
     constructor, imagenet = _TORCHVISION_DENSENETS[name]
-    if pretrained and weights_path:
-        raise ConfigError("set model.pretrained=true or model.weights_path=FILE, not both")
-    if pretrained:
+    if weights_path:
+        # A weights file means pretrained, from that file, whatever model.pretrained says: the offline form of the
+        # ImageNet weights that experiment=wrist asks for (model.pretrained=true).
+        model = constructor(weights=None)
+        _load_weights_file(model, weights_path)
+        log.info("%s: pretrained weights from model.weights_path %s", name, weights_path)
+    elif pretrained:
         try:
             model = constructor(weights=imagenet)
         except (OSError, RuntimeError) as error:
@@ -116,8 +140,6 @@ def build_backbone(
             ) from None
     else:
         model = constructor(weights=None)
-        if weights_path:
-            _load_weights_file(model, weights_path)
     model.classifier = nn.Linear(model.classifier.in_features, 1)
     _adapt_first_conv(model, in_channels)
     return model
@@ -125,8 +147,9 @@ def build_backbone(
 
 def build_timm(name: str, in_channels: int, image_size: int, pretrained: bool, weights_path: str | None) -> nn.Module:
     """A timm model with one output for `in_channels` inputs (timm adapts the first convolution of pretrained
-    weights itself). Pretrained weights: timm's own loading (online, or already in its cache); offline, a state dict
-    of the ImageNet model from `weights_path`, loaded strictly, then given the one-logit head and input channels.
+    weights itself). Pretrained weights: a state dict of the ImageNet model from `weights_path` when one is given
+    (offline), loaded strictly, then given the one-logit head and input channels; otherwise, with `pretrained`, timm's
+    own loading (online, or already in its cache).
     Models built for one input size (vision transformers) are built for `image_size`."""
     import timm  # imported here: only timm backbones pay for its import
     from timm.models import get_pretrained_cfg
@@ -134,23 +157,22 @@ def build_timm(name: str, in_channels: int, image_size: int, pretrained: bool, w
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise ConfigError(f"timm has no model {name!r} (model.backbone=timm/{name}); similar: {', '.join(close) or 'none'}")
-    if pretrained and weights_path:
-        raise ConfigError("set model.pretrained=true or model.weights_path=FILE, not both")
     config = get_pretrained_cfg(name)
     size = {"img_size": image_size} if config is not None and config.fixed_input_size else {}
-    if pretrained:
+    if pretrained and not weights_path:
         try:
             return timm.create_model(name, pretrained=True, num_classes=1, in_chans=in_channels, **size)
         except Exception as error:  # noqa: BLE001 - hub, network and file errors all mean "no weights here"
             raise ConfigError(
                 f"could not load timm's pretrained weights for {name} ({type(error).__name__}: {error}). Offline, save "
-                "the ImageNet model's state dict elsewhere and pass model.pretrained=false model.weights_path=FILE, or "
+                "the ImageNet model's state dict elsewhere and pass model.weights_path=FILE, or "
                 "train from scratch with model.pretrained=false"
             ) from None
-    if weights_path is None:
+    if not weights_path:
         return timm.create_model(name, pretrained=False, num_classes=1, in_chans=in_channels, **size)
     model = timm.create_model(name, pretrained=False, **size)  # the file's own shape: ImageNet head, three channels
     _load_strictly(model, _read_state_dict(weights_path), weights_path)
+    log.info("timm/%s: pretrained weights from model.weights_path %s", name, weights_path)
     model.reset_classifier(1)
     if in_channels != 3:
         from timm.models import adapt_input_conv
