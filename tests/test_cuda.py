@@ -140,3 +140,21 @@ def test_all_parts_experiment_trains_on_the_fast_path_and_no_step_waits_for_the_
     assert list((tmp_path / "cache").glob("*.u8"))  # the decode-once cache was built and used
     assert (tmp_path / "metrics.json").is_file()
     assert json.loads(report.read_text()) == {"complete": True, "syncs": []}
+
+
+def test_the_averaged_weights_live_on_the_gpu(synthetic_root: Path, tmp_path: Path):
+    """Lightning makes the averaged copy before the model moves to the GPU; mura's callback moves it along, so no step
+    copies the weights between host and device."""
+    from hydra.utils import instantiate
+
+    from mura.models.weight_averaging import EMAOnceUpdated
+
+    cfg = compose_config(["experiment=demo", f"data.root={synthetic_root}", "data.image_size=64", "data.num_workers=0",
+                          f"paths.output_dir={tmp_path}", "model.ema.decay=0.9"])
+    model = instantiate(cfg.model, _convert_="all")
+    trainer = pl.Trainer(max_steps=3, limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, accelerator="gpu", devices=1)
+    trainer.fit(model, datamodule=instantiate(cfg.data))
+    averaging = next(callback for callback in trainer.callbacks if isinstance(callback, EMAOnceUpdated))
+    assert {tensor.device.type for tensor in averaging._average_model.parameters()} == {"cuda"}
+    assert averaging.has_average()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from conftest import compose_config, tiny_training_overrides
@@ -142,6 +143,38 @@ def test_weight_averaging_validates_saves_and_tests_the_averaged_weights(synthet
     for level in ("study", "image"):
         assert trained[level]["overall"]["auroc"] == pytest.approx(tested[level]["overall"]["auroc"], abs=1e-6)
         assert trained[level]["overall"]["brier"] == pytest.approx(tested[level]["overall"]["brier"], abs=1e-6)
+
+
+def test_weight_averaging_that_has_not_started_leaves_the_run_as_without_it(trained_run, synthetic_root: Path, tmp_path: Path):
+    """model.ema.start_step past the run's end: the average is never updated, so every validation, best.ckpt and the
+    test are the live weights', as in the same run without averaging (the session's trained run); they were the random
+    initial network's."""
+    plain, _ = trained_run
+    run = tmp_path / "late_ema"
+    train(compose_config([*tiny_training_overrides(synthetic_root, run), "callbacks.gradcam.every_n_epochs=1",
+                          "model.ema.decay=0.5", "model.ema.start_step=100000"]))
+    assert json.loads((run / "history.json").read_text()) == json.loads((plain / "history.json").read_text())
+    best, reference = (torch.load(folder / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+                       for folder in (run, plain))
+    assert best["state_dict"].keys() == reference["state_dict"].keys()
+    assert all(torch.equal(best["state_dict"][key], reference["state_dict"][key]) for key in reference["state_dict"])
+    tested, expected = (json.loads((folder / "metrics.json").read_text())["study"]["overall"] for folder in (run, plain))
+    assert tested["kappa"] == expected["kappa"] and tested["auroc"] == expected["auroc"]
+
+
+def test_the_averaged_copy_follows_the_model_to_its_device():
+    """Lightning makes the averaged copy in setup, before the strategy moves the model: on a GPU it stayed on the CPU
+    and every step copied every weight across. Here the 'meta' device stands in for the GPU."""
+    from mura.models.weight_averaging import EMAOnceUpdated
+
+    module = pl.LightningModule()
+    module.layer = torch.nn.Linear(2, 1)
+    callback = EMAOnceUpdated(decay=0.9)
+    callback.setup(None, module, "fit")
+    assert not callback.has_average()  # nothing averaged yet: validation and checkpoints take the live weights
+    module.to("meta")
+    callback.on_fit_start(None, module)
+    assert {tensor.device.type for tensor in [*callback._average_model.parameters(), *callback._average_model.buffers()]} == {"meta"}
 
 
 def test_warmup_cosine_rises_then_decays_per_step(synthetic_root: Path, tmp_path: Path):
