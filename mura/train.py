@@ -21,6 +21,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
 from mura.callbacks.artifacts import continue_tracker_runs, finish_tracking, log_config, record_tracker_runs
+from mura.callbacks.csv_log import ContinuableCSVLogger
 from mura.callbacks.gradcam import GradCamGallery
 from mura.callbacks.timing import note_run_start, run_timings, timed_after_fit
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
@@ -62,9 +63,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resumes = ckpt_path is not None and (ckpt_path != "last" or bool(checkpoints))
     logger_config = continue_tracker_runs(cfg.get("logger"), output_dir) if resumes else cfg.get("logger")
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(logger_config) or False
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(logger_config) or False,
+        sync_batchnorm=sync_batchnorm_where_supported(cfg.trainer),
     )
     refuse_lightning_sharding(trainer.world_size, cfg.trainer.get("use_distributed_sampler", True))
+    if resumes:  # before anything is logged: Lightning's CSV writer deletes the folder's metrics.csv when it starts
+        for logger in trainer.loggers:
+            if isinstance(logger, ContinuableCSVLogger):
+                logger.continue_earlier_rows()
     log_config(trainer.loggers, cfg)  # after the refusals: a run refused at the start leaves no tracker run behind
     record_tracker_runs(trainer.loggers, output_dir)  # so that resuming in this folder continues the tracker runs
     try:
@@ -126,6 +132,18 @@ def check_selection(metric: str, mode: str, body_parts: list[str]) -> None:
         )
     if match.group("part") and match.group("part") not in body_parts:
         raise ConfigError(f"selection.metric {metric!r} names a body part this run does not train on ({', '.join(body_parts)})")
+
+
+def sync_batchnorm_where_supported(trainer_cfg: DictConfig) -> bool:
+    """trainer.sync_batchnorm where torch can do it: its SyncBatchNorm runs on CUDA devices only ("SyncBatchNorm layers
+    only work with GPU modules" ended every process of trainer=ddp on a CPU machine). Elsewhere each process normalises
+    with its own batch's statistics, as with trainer.devices=2, and the run says so once."""
+    asked = bool(trainer_cfg.get("sync_batchnorm", False))
+    on_cuda = torch.cuda.is_available() and str(trainer_cfg.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+    if asked and not on_cuda:
+        log.info("trainer.sync_batchnorm: off, synchronised BatchNorm needs CUDA devices; each process normalises "
+                 "with its own batch's statistics")
+    return asked and on_cuda
 
 
 def refuse_lightning_sharding(world_size: int, use_distributed_sampler: bool) -> None:

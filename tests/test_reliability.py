@@ -189,15 +189,20 @@ def test_sampler_depends_only_on_seed_epoch_and_index():
 
 
 @pytest.mark.slow
-def test_two_devices_asked_the_plain_lightning_way_give_exactly_the_single_process_metrics(synthetic_root: Path, tmp_path: Path):
-    """trainer.devices=2 on the default trainer config (not trainer=ddp): two processes, every image scored once.
-    Lightning's distributed sampler used to wrap ours and shard the shards (each process saw a quarter)."""
+@pytest.mark.parametrize("asked", [["trainer.accelerator=cpu", "trainer.devices=2"], ["trainer=ddp"]],
+                         ids=["devices=2", "trainer=ddp"])
+def test_two_devices_asked_the_plain_lightning_way_give_exactly_the_single_process_metrics(synthetic_root: Path, tmp_path: Path,
+                                                                                          asked: list[str]):
+    """Two processes, every image scored once, asked as Lightning users do (trainer.devices=2 on the default trainer
+    config: Lightning's distributed sampler used to wrap ours and shard the shards, each process saw a quarter) or with
+    the README's trainer=ddp (synchronised BatchNorm, which torch runs on CUDA only: off on this CPU, said once; it
+    ended every process in a traceback)."""
     run_dir = tmp_path / "two_devices"
     # Six body parts leave 31 test images on the tiny tree: an odd count, so the two ranks' shards are padded.
     parts = "data.body_parts=[XR_ELBOW,XR_FINGER,XR_FOREARM,XR_HAND,XR_HUMERUS,XR_SHOULDER]"
-    result = run_train([*cli_overrides(synthetic_root, run_dir, epochs=1), parts, "trainer.accelerator=cpu", "trainer.devices=2"],
-                       tmp_path)
+    result = run_train([*cli_overrides(synthetic_root, run_dir, epochs=1), parts, *asked], tmp_path)
     assert "distributed_backend=gloo" in result.stderr and "All distributed processes registered" in result.stderr
+    assert result.stderr.count("synchronised BatchNorm needs CUDA") == (asked == ["trainer=ddp"])
     ddp_report = json.loads((run_dir / "metrics.json").read_text())
     splits = pd.read_csv(run_dir / "splits.csv")
     test = splits[splits["split"] == "test"]

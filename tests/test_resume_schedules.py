@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -47,6 +48,12 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _epoch_rows(run: Path) -> list[float]:
+    """csv/metrics.csv's validation rows, flattened: epoch, step, val/loss, val/study/auroc of each."""
+    rows = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["val/loss"])
+    return rows[["epoch", "step", "val/loss", "val/study/auroc"]].to_numpy(dtype=float).ravel().tolist()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
 @pytest.mark.parametrize("schedule", ["none", "plateau", "cosine", "warmup_cosine"])
@@ -74,6 +81,8 @@ def test_every_schedule_resumes_as_the_uninterrupted_run(synthetic_root: Path, t
         resumed = train(compose_config([*_overrides(synthetic_root, stopped, schedule, ema), "ckpt_path=last"]))
         for key in ("val/loss", "val/study/kappa", "val/study/auroc", "selection/score"):
             assert resumed[key] == pytest.approx(expected[key], abs=1e-6, nan_ok=True), (resumed_from, key)
+        # Its CSV log holds every epoch, as the uninterrupted run's (Lightning deleted the earlier epochs' rows)
+        assert _epoch_rows(stopped) == pytest.approx(_epoch_rows(straight), abs=1e-6), resumed_from
         weights = _weights(stopped)
         assert weights.keys() == final.keys()
         for name, value in final.items():

@@ -22,6 +22,22 @@ class InterruptionCheckpoint(OnExceptionCheckpoint):
     setting up: data.root unset, an unreadable image) and after a NaN or infinite loss (the weights may be NaN;
     last.ckpt, from before it, is what to resume from with a lower learning rate)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resumed = False  # from the fit's start to its first batch, when it resumes from a checkpoint
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._resumed = trainer.ckpt_path is not None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if self._resumed:
+            # The step the loggers write (the CSV's step column, the epoch's validation row). Restarting inside an
+            # epoch, Lightning adds one to it, as if the checkpoint had been saved inside on_train_batch_end before its
+            # count moved on; one saved by an interruption (here, in a step or between steps) counted it already, so
+            # every row the resumed run logged was a step late. With one optimizer it is the optimizer step count.
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            self._resumed = False
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.global_step == 0 or isinstance(exception, NonFiniteLossError):
             log.info("no %s written: %s", self.ckpt_path,
