@@ -69,6 +69,14 @@ def test_store_dedupes_padding_and_aggregation_equals_pandas_groupby():
     assert (studies["patient"] == images.groupby("study_idx")["patient"].first()).all()
 
 
+def test_a_split_of_one_image_gives_a_one_row_table():
+    """torchmetrics' compute squeezes one-element states to 0-d tensors (a validation split of one image crashed)."""
+    store = PredictionStore()
+    store.update(*(torch.tensor([value]) for value in (0, 0, 0, 0)), torch.tensor([1.0]), torch.tensor([0.3]))
+    frame = predictions_frame(store.compute())
+    assert len(frame) == 1 and frame.loc[0, "label"] == 1 and frame.loc[0, "logit"] == pytest.approx(0.3)
+
+
 def test_study_table_carries_the_patient():
     images = random_images(30)
     studies = aggregate_studies(images).set_index("study_idx")

@@ -72,19 +72,10 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_roo
         assert resumed[key] == pytest.approx(value, abs=1e-6), key
     history = json.loads((crashed / "history.json").read_text())
     assert [row["epoch"] for row in history] == [0, 1]
-    # Stopped by SIGTERM mid-epoch (a preemption): resumed from interrupted.ckpt, it goes on with the first batch not
-    # trained on, so the weights, validation and test end as the uninterrupted run's. Only the interrupted epoch's
-    # training metrics differ: they cover the batches after the resume.
-    preempted = tmp_path / "preempted"
-    stopped = run_train([*cli_overrides(synthetic_root, preempted, epochs=2, workers=2),
-                         "+callbacks.killer._target_=crash_callbacks.KillAtStep", "+callbacks.killer.step=5",
-                         "+callbacks.killer.sig=SIGTERM"], tmp_path, check=False)
-    assert stopped.returncode == 128 + signal.SIGTERM
-    run_train([*cli_overrides(synthetic_root, preempted, epochs=2, workers=2), "ckpt_path=last"], tmp_path)
-    continued = final_numbers(preempted)
-    for key, value in expected.items():
-        if not key.startswith("train/"):
-            assert continued[key] == pytest.approx(value, abs=1e-6), key
+    csv_log = pd.read_csv(crashed / "csv" / "metrics.csv").dropna(subset=["val/loss"])
+    assert csv_log["epoch"].tolist() == [0, 1]  # Lightning's CSV writer deleted epoch 0's rows when the resume started
+    # Stopped by SIGTERM mid-epoch (a preemption) and resumed from interrupted.ckpt, every schedule with and without
+    # weight averaging: tests/test_resume_schedules.py (in-process); the signal's own handling: the test below.
     # A new run asked for in that folder is refused, and leaves the run's record as it was: summarize reads its settings.
     record = {path: path.read_bytes() for path in [crashed / "config.yaml", *(crashed / ".hydra").iterdir()]}
     assert {path.name for path in record} == {"config.yaml", "hydra.yaml", "overrides.yaml"}

@@ -212,13 +212,18 @@ def read_finished_wandb_records(path: Path, timeout_s: float = 30.0) -> list:
 
 
 @pytest.mark.slow
-def test_wandb_offline_run_holds_metrics_config_and_files(synthetic_root: Path, tmp_path: Path, monkeypatch):
+def test_wandb_offline_run_holds_metrics_config_and_files(synthetic_root: Path, tmp_path: Path, monkeypatch, capfd):
     pytest.importorskip("wandb")
-    for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CACHE_DIR": tmp_path / "cache",
+    # Not silent (WANDB_SILENT): what wandb prints is what a user sees.
+    for name, value in {"WANDB_MODE": "offline", "WANDB_CACHE_DIR": tmp_path / "cache",
                         "WANDB_CONFIG_DIR": tmp_path / "config", "WANDB_DATA_DIR": tmp_path / "data"}.items():
         monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
     output_dir = tmp_path / "run"
     tiny_run(synthetic_root, output_dir, "logger=wandb", "++tags=[tiny]")
+    # Each run file saved said "Symlinked 1 file into the W&B run directory; call wandb.save again ..." (13 lines)
+    printed = capfd.readouterr().err
+    assert "wandb" in printed and "into the W&B run directory" not in printed
     # Lightning's offline logger sets WANDB_MODE=dryrun for the process; the next run of the process would inherit it.
     assert os.environ["WANDB_MODE"] == "offline"
     [run_folder] = (output_dir / "wandb").glob("offline-run-*")

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import atexit
+import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import pandas as pd
 import pytest
@@ -231,3 +235,64 @@ def test_tensorboard_logger_receives_curves_and_gradcam_figures(synthetic_root: 
     assert {"curves", "roc", "confusion", "calibration"} <= set(images)
     assert "report/text_summary" in events.Tags()["tensors"]
     assert "val/study/kappa" in events.Tags()["scalars"]
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_folder_and_every_other_keeps_its_own(
+        synthetic_root: Path, tmp_path: Path, monkeypatch):
+    """A debug=fdr run refused for a setting left outputs/debug/<time>/ behind, holding its log and config records
+    only. The commands run through their Hydra mains in this process, and what they leave for the process's exit runs
+    when each returns, as it would at exit."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from mura.app.run_start import only_start_records
+
+    at_exit: list = []
+    monkeypatch.setattr(atexit, "register", at_exit.append)
+    monkeypatch.setattr(atexit, "unregister", lambda function: at_exit.remove(function) if function in at_exit else None)
+
+    def run_command(command: str, args: list[str]) -> int | str | None:
+        """`python -m mura.COMMAND ARGS` up to its exit: its exit code (tests/test_user_errors.py's way)."""
+        main = importlib.import_module(f"mura.{command}").main
+        with patch("sys.argv", [f"mura/{command}.py", *args]), patch.dict(os.environ, {"HYDRA_MAIN_MODULE": "__main__"}):
+            try:
+                main()
+                code = 0
+            except SystemExit as stopped:
+                code = stopped.code
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        return code
+
+    def process_exit() -> None:
+        while at_exit:
+            at_exit.pop()()
+
+    def exit_after(command: str, args: list[str]) -> int | str | None:
+        code = run_command(command, args)
+        process_exit()
+        return code
+
+    refused = [f"data.root={synthetic_root}", "debug=fdr", "selection.metric=val/kappa"]
+    outputs = tmp_path / "outputs"
+    assert run_command("train", [*refused, f"hydra.run.dir={outputs / 'debug' / 'first'}"]) == 2
+    assert sorted(path.name for path in (outputs / "debug" / "first").iterdir()) == [".hydra", "config.yaml", "train.log"]
+    process_exit()
+    assert not outputs.exists()  # outputs/debug/ as well: this run made it
+    # A folder that was there before (an earlier run's, a resume's) stays, whatever the run wrote into it.
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    assert exit_after("train", [*refused, f"hydra.run.dir={earlier}"]) == 2
+    assert sorted(path.name for path in earlier.iterdir()) == [".hydra", "config.yaml", "train.log"]
+    # A run that finished keeps its folder, holding nothing else though it may (mura.synth writes elsewhere).
+    made = tmp_path / "synth_run"
+    assert exit_after("synth", [f"data.synthetic.dir={tmp_path / 'tiny' / 'MURA-v1.1'}", "data.synthetic.image_size=32",
+                                "data.synthetic.train_patients_per_part=1", "data.synthetic.valid_patients_per_part=1",
+                                f"hydra.run.dir={made}"]) == 0
+    assert sorted(path.name for path in made.iterdir()) == [".hydra", "config.yaml", "synth.log"]
+    # A run that got as far as writing anything of its own (its splits, a checkpoint) keeps its folder.
+    assert only_start_records(made, "synth.log")
+    (made / "checkpoints").mkdir()
+    (made / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert not only_start_records(made, "synth.log")
+    assert not only_start_records(made, "train.log")

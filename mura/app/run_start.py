@@ -1,16 +1,20 @@
 """What every command does first: silence known noise, show the resolved config as a tree (on stderr: stdout carries
 results, so `mura.predict ... | jq` works), save it into the run folder as config.yaml beside Hydra's record of the
 run (.hydra/), and say where data, caches and outputs go when a setting gives them relative to the working
-directory."""
+directory. And what a command that fails before writing anything leaves: no run folder (RunFolderCleanup)."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -19,7 +23,7 @@ from rich.syntax import Syntax
 from rich.text import Text
 from rich.tree import Tree
 
-from mura.app.quiet import fit_workers_to_cores, quiet_known_noise
+from mura.app.quiet import fit_workers_to_cores, quiet_known_noise, rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ def save_hydra_record(cfg: DictConfig) -> None:
     mura.train, refusing a new run in a folder that holds a run's checkpoints, still overwrote that run's record, and
     mura.summarize then showed the run with the refused settings. Process rank zero only; nothing outside a Hydra
     command."""
-    if not HydraConfig.initialized() or not _rank_zero():
+    if not HydraConfig.initialized() or not rank_zero():
         return
     hydra = HydraConfig.instance().cfg
     folder = Path(hydra.hydra.runtime.output_dir) / HYDRA_RECORD
@@ -68,7 +72,7 @@ def announce_run(cfg: DictConfig, output_dir: Path) -> None:
     """Print the resolved config as a tree on stderr, save it as `output_dir`/config.yaml (Hydra's own
     .hydra/config.yaml keeps the interpolations), and log the absolute place of every relative path setting.
     Process rank zero only: DDP and SLURM tasks start every command once per process."""
-    if not _rank_zero():
+    if not rank_zero():
         return
     resolved = resolve_what_resolves(cfg)
     Console(stderr=True, soft_wrap=True).print(config_tree(resolved))
@@ -140,9 +144,56 @@ def _lookup(resolved: dict, setting: str) -> Any:
     return value
 
 
-def _rank_zero() -> bool:
-    """As Lightning's rank_zero_only decides it, without importing Lightning: the first rank variable set."""
-    for variable in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if os.environ.get(variable) is not None:
-            return os.environ[variable] == "0"
+def only_start_records(folder: Path, log_name: str) -> bool:
+    """Whether `folder` holds no file but what a command writes as it starts: its log `log_name` (Hydra's), Hydra's
+    record (.hydra/) and the resolved config.yaml. A run that got as far as its data (splits.csv), a logger or a
+    checkpoint holds more."""
+    for path in folder.rglob("*"):
+        name = path.relative_to(folder)
+        if path.is_file() and name.parts[0] != HYDRA_RECORD and name.as_posix() not in (RESOLVED_CONFIG, log_name):
+            return False
     return True
+
+
+class RunFolderCleanup(Callback):
+    """A single run (not a -m sweep's jobs) that fails before it writes anything of its own, a run refused for its
+    settings or its data say, leaves no run folder: Hydra made it, and the command's log and config records in it,
+    before the command began; the error itself was printed. Only a folder this run made goes, and only with nothing
+    but those start records in it (only_start_records), with the folders above it that the run made and nothing
+    else has used since: a run that trained keeps its folder, whatever ends it, and a refused resume
+    (hydra.run.dir=an earlier run) leaves that run's folder as it was.
+
+    The check runs when the process exits: a user error ends a command with SystemExit (mura.app.errors), which
+    Hydra lets through without calling any callback's end. A finished run cancels it. Registered in
+    conf/hydra/default.yaml."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.folder = Path(str(config.hydra.run.dir)).absolute()
+        self.log_name = f"{config.hydra.job.name}.log"
+        if self.folder.exists():  # an earlier run's, or rank zero's (DDP's other ranks start after it)
+            return
+        self.made = self.folder  # and the folders above it Hydra makes with it (outputs/debug/ of a first debug run)
+        while not self.made.parent.exists():
+            self.made = self.made.parent
+        atexit.register(self.remove_if_nothing_written)
+
+    def on_run_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.COMPLETED:
+            atexit.unregister(self.remove_if_nothing_written)
+
+    def remove_if_nothing_written(self) -> None:
+        if not self.folder.is_dir() or not only_start_records(self.folder, self.log_name):
+            return
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # the command's log file: closed first, so it can go on every system
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == self.folder:
+                handler.close()
+                root.removeHandler(handler)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        for parent in self.folder.parents:
+            if not parent.is_relative_to(self.made):
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # another run's folder went there meanwhile
+                break

@@ -25,6 +25,8 @@ from PIL import Image
 from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from mura.app.quiet import without_wandb_link_notices
+
 log = logging.getLogger(__name__)
 
 # The run folder's files a tracker should hold, as the run leaves them; absent ones are skipped (the test outputs
@@ -86,7 +88,8 @@ def to_wandb(logger: WandbLogger, file: RunFile, step: int) -> None:
     if file.path.suffix == ".png":
         logger.log_image(key=file.series, images=[str(file.path)], step=step)
     else:
-        logger.experiment.save(str(file.path), base_path=str(file.run_dir), policy="now")
+        with without_wandb_link_notices():
+            logger.experiment.save(str(file.path), base_path=str(file.run_dir), policy="now")
 
 
 PUBLISHERS: dict[type[Logger], Callable[[Any, RunFile, int], None]] = {

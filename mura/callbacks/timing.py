@@ -163,7 +163,7 @@ class RunTimings(pl.Callback):
         """timings.json: marks as seconds since the origin, each epoch, each figure."""
         first = self.epochs[0] if self.epochs else None
         later = [epoch["train_s"] for epoch in self.epochs[1:]]
-        steady = statistics.median(later) if later else None
+        steady = round(statistics.median(later), 3) if later else None  # a mean of two middle ones: 7.291499999999999
         galleries = [drawing["ended"] - drawing["started"] for drawing in self.drawings if drawing["kind"] == "gallery"]
         return {
             "origin": self.origin,
@@ -185,18 +185,25 @@ class RunTimings(pl.Callback):
         }
 
     def describe(self) -> str:
+        """The log line: seconds to 0.01 s for people (timings.json keeps milliseconds)."""
         summary = self.summary()
-        parts = [f"first optimizer step {summary['first_step_s']} s after {summary['origin']}"]
+        first_step = summary["first_step_s"]
+        parts = [f"first optimizer step {_seconds(first_step)} after {summary['origin']}" if first_step is not None
+                 else "no optimizer step"]  # resumed at its last epoch
         if summary["first_epoch_vs_steady"] is not None:
-            parts.append(f"epoch {summary['first_epoch']} trained in {summary['first_epoch_train_s']} s against "
-                         f"{summary['steady_epoch_train_s']} s for a later one ({summary['first_epoch_vs_steady']}x)")
+            parts.append(f"epoch {summary['first_epoch']} trained in {_seconds(summary['first_epoch_train_s'])} against "
+                         f"{_seconds(summary['steady_epoch_train_s'])} for a later one ({summary['first_epoch_vs_steady']}x)")
         if summary["first_gallery_s"] is not None:
-            parts.append(f"Grad-CAM galleries {summary['first_gallery_s']} s first"
-                         + (f", {summary['later_gallery_s']} s later" if summary["later_gallery_s"] is not None else ""))
+            parts.append(f"Grad-CAM galleries {_seconds(summary['first_gallery_s'])} first"
+                         + (f", {_seconds(summary['later_gallery_s'])} later" if summary["later_gallery_s"] is not None else ""))
         if self.after_fit:
-            parts.append("after fit " + ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {seconds} s"
+            parts.append("after fit " + ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {_seconds(seconds)}"
                                                   for name, seconds in self.after_fit.items()))
         return "; ".join(parts)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s"
 
 
 def run_timings(trainer: pl.Trainer) -> list[RunTimings]:

@@ -59,6 +59,8 @@ def _first_occurrence(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def predictions_frame(columns: dict[str, torch.Tensor]) -> pd.DataFrame:
     """The image table the metrics read: image_idx, study_idx, patient, body_part, label, logit, probability."""
+    # torchmetrics' compute squeezes a one-element state to a 0-d tensor: a split of one image had no list to read
+    columns = {name: value.reshape(-1) for name, value in columns.items()}
     logits = columns["logit"].cpu().double()
     return pd.DataFrame(
         {

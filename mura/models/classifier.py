@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -107,8 +108,11 @@ class MuraClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
-            self.criterion.set_weights_from_counts(datamodule.train_image_counts())
-            weights = {part: round(float(w), 4) for part, w in zip(BODY_PARTS, self.criterion.w_abnormal, strict=True)}
+            counts = datamodule.train_image_counts()
+            self.criterion.set_weights_from_counts(counts)
+            # The body parts trained on: a part without training images keeps a weight no image uses.
+            weights = {part: round(float(w), 4) for part, w in zip(BODY_PARTS, self.criterion.w_abnormal, strict=True)
+                       if sum(counts[part].values())}
             log.info("loss weights w_abnormal per body part: %s", weights)
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor | None:
@@ -167,10 +171,17 @@ class MuraClassifier(pl.LightningModule):
         self.log_dict(flatten_for_logging(report, stage), sync_dist=True)
         if stage != "train":
             study = report["study"]["overall"]
-            log.info(
-                "epoch %d %s: loss %.4f, study kappa %s, study AUROC %s (%d studies)", self.current_epoch, stage,
-                loss.item(), format_metric(study["kappa"]), format_metric(study["auroc"]), study["n"],
-            )
+            scored = f"epoch {self.current_epoch} {stage}"
+            if stage == "test":  # the checkpoint tested (mura.train's selected one), not the epoch the trainer is at
+                tested = self.trainer.ckpt_path
+                if tested:
+                    from mura.models.checkpoint import checkpoint_epoch  # here: that module imports this one
+
+                    scored = f"test of {Path(tested).name} (epoch {checkpoint_epoch(tested)})"
+                else:
+                    scored = "test of the weights in memory"
+            log.info("%s: loss %.4f, study kappa %s, study AUROC %s (%d studies)", scored, loss.item(),
+                     format_metric(study["kappa"]), format_metric(study["auroc"]), study["n"])
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
