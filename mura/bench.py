@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mura.app.errors import ConfigError, exit_on_user_error
 from mura.app.run_start import start_run
 from mura.benchmarking import measurements
-from mura.benchmarking.startup import measure_startup
+from mura.benchmarking.startup import measure_sharing, measure_startup
 from mura.benchmarking.step_profile import measure_profile
 from mura.data.index import refuse_writes_inside
 from mura.data.synthetic import SyntheticConfig, ensure_synthetic
@@ -37,7 +37,8 @@ def device_name(device: torch.device) -> str:
 MAIN_KINDS = ("data", "train", "fit", "infer")
 STARTUP = "startup"  # ours only, in a table of its own: seconds, not images per second
 PROFILE = "profile"  # ours only, fit's settings: milliseconds per step by phase, in a table of its own
-KINDS = (*MAIN_KINDS, PROFILE, STARTUP)  # mura.evaluate's path is an infer try with end_to_end: true
+SHARE = "share"  # two real trainings at once against one alone: seconds and ratios, in a table of its own
+KINDS = (*MAIN_KINDS, PROFILE, STARTUP, SHARE)  # mura.evaluate's path is an infer try with end_to_end: true
 
 
 def run_bench(cfg: DictConfig) -> dict:
@@ -71,6 +72,7 @@ def run_bench(cfg: DictConfig) -> dict:
         "evaluate": lambda recipe, settings: measurements.measure_evaluation(root, recipe, cfg.backbone, workers=cfg.workers,
                                                                       cache_dir=cache_dir, **settings, **common),
         STARTUP: lambda recipe, settings: measure_startup(root, cache_dir, Path(cfg.paths.output_dir), **settings),
+        SHARE: lambda recipe, settings: measure_sharing(root, cache_dir, **settings),
         PROFILE: lambda recipe, settings: measure_profile(root, recipe, cfg.backbone, workers=cfg.workers, cache_dir=cache_dir,
                                                           **settings, **common),
     }
@@ -92,6 +94,7 @@ def run_bench(cfg: DictConfig) -> dict:
             measure = measures["evaluate" if settings.pop("end_to_end", False) else kind]
             if kind == STARTUP:
                 settings["variant"] = variant
+            if kind in (STARTUP, SHARE):
                 settings["timeout_s"] = min(settings["timeout_s"], remaining)
             measured = measure(recipe, settings)
         except measurements.NeedsCuda as exc:
@@ -125,14 +128,15 @@ def measurement_plan(cfg: DictConfig) -> list[tuple[str, str, str | None, dict]]
             if kind in runs]
     if PROFILE in runs:
         plan.append((PROFILE, "ours", None, {**_settings(cfg, "fit", "ours"), **OmegaConf.to_container(cfg.profile, resolve=True)}))
-    if STARTUP in runs:
-        plan.append((STARTUP, "ours", None, _settings(cfg, STARTUP, "ours")))
+    for kind in (STARTUP, SHARE):
+        if kind in runs:
+            plan.append((kind, "ours", None, _settings(cfg, kind, "ours")))
     for name, try_settings in (cfg.get("tries") or {}).items():
         settings = OmegaConf.to_container(try_settings, resolve=True)
         kind = settings.pop("kind")
         if kind in runs:
             plan.append((kind, "ours", name, {**_settings(cfg, kind, "ours"), **settings}))
-    plan.sort(key=lambda entry: 2 * (entry[2] is not None) + (entry[0] == STARTUP))
+    plan.sort(key=lambda entry: 2 * (entry[2] is not None) + (entry[0] in (STARTUP, SHARE)))
     if not plan:
         raise ConfigError(f"runs={runs} selects no measurement; the measurements are {', '.join(KINDS)}")
     return plan
@@ -143,8 +147,8 @@ def _settings(cfg: DictConfig, kind: str, recipe: str) -> dict:
     measures ours only."""
     if kind == "data":
         return {"batch_size": cfg.data.batch_size}
-    if kind == STARTUP:
-        return OmegaConf.to_container(cfg.startup, resolve=True)
+    if kind in (STARTUP, SHARE):
+        return OmegaConf.to_container(cfg[kind], resolve=True)
     return OmegaConf.to_container(cfg[kind][recipe], resolve=True)
 
 
@@ -175,6 +179,8 @@ def bench_table(result: dict) -> str:
             lines.append("\n" + profile_table(row))
         if row["kind"] == STARTUP:
             lines.append("\n" + startup_table(row))
+        if row["kind"] == SHARE:
+            lines.append("\n" + share_table(row))
     for missing in result["not_measured"]:
         name = "/".join(part for part in (missing["kind"], missing["recipe"], missing["variant"]) if part)
         lines.append(f"not measured: {name}: {missing['reason']}")
@@ -214,6 +220,18 @@ def startup_table(row: dict) -> str:
     name = row["config"].get("variant") or "startup"
     table = pd.DataFrame(figures, columns=[f"{name}: mura.train {command}", "measured", "goal"])
     return table.to_markdown(index=False)
+
+
+def share_table(row: dict) -> str:
+    """Two `mura.train` jobs at once against one alone, beside issue #20's goals."""
+    figures = [
+        ("one job alone, wall (s)", row["alone_s"], ""),
+        ("two jobs at once, wall until both ended (s)", row["two_at_once_s"], ""),
+        ("two at once / one alone", row["two_at_once_vs_alone"], "<= 1.5 ideally"),
+        ("two at once / the two one after the other", row["two_at_once_vs_one_after_the_other"], "<= 1"),
+    ]
+    command = " ".join(row["config"]["overrides"])
+    return pd.DataFrame(figures, columns=[f"share: mura.train {command}", "measured", "goal"]).to_markdown(index=False)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")

@@ -241,3 +241,26 @@ def test_gpu_preset_names_only_real_settings_and_has_images_for_every_timed_batc
         assert base.data.body_parts == "all" and base.callbacks.gradcam.every_n_epochs == 1
         assert base.trainer.benchmark is True and varied.trainer.benchmark is False
         assert resolved_data(varied) == resolved_data(base)  # resolved: data.seed, data.channels are interpolations
+
+
+def test_share_times_one_training_alone_then_two_at_once_on_a_built_cache(synthetic_root: Path, tmp_path: Path, monkeypatch):
+    """runs=[share]: the cache is built first (not timed), then one job alone, then two started together; the row's
+    ratios are of those walls. The jobs are stand-ins that take 0.2 s alone and 0.3 s together."""
+    started: list[list[list[str]]] = []
+
+    def stand_in(overrides: list[list[str]], run_dirs: list[Path], timeout_s: float) -> None:
+        started.append(overrides)
+        assert len({str(run_dir) for run_dir in run_dirs}) == len(run_dirs)  # each job its own run folder
+        time.sleep(0.2 if len(overrides) == 1 else 0.3)
+
+    monkeypatch.setattr(startup, "_train_together", stand_in)
+    cfg = compose_config([f"data_root={synthetic_root}", f"paths.output_dir={tmp_path}", "runs=[share]"], config_name="bench")
+    result = run_bench(cfg)
+    (row,) = result["rows"]
+    cache_build, alone, together = started
+    assert "++trainer.limit_train_batches=1" in cache_build[0] and len(alone) == 1 and together == [alone[0], alone[0]]
+    assert alone[0][:len(cfg.share.overrides)] == list(cfg.share.overrides)
+    assert row["two_at_once_vs_alone"] == pytest.approx(row["two_at_once_s"] / row["alone_s"], abs=0.2)
+    assert row["two_at_once_vs_one_after_the_other"] == pytest.approx(row["two_at_once_vs_alone"] / 2, abs=0.01)
+    table = bench_table(result)
+    assert "two at once / the two one after the other" in table and "<= 1.5 ideally" in table

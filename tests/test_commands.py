@@ -25,7 +25,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
 from conftest import CONF_DIR, compose_config
-from mura.app.quiet import ADVERT_LOGGER, fit_workers_to_cores, quiet_known_noise
+from mura.app.cpu_share import fit_workers_to_cores
+from mura.app.quiet import ADVERT_LOGGER, quiet_known_noise
 from mura.app.run_start import announce_run
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -174,14 +175,19 @@ def test_noise_is_silenced_by_exact_message_and_origin_only():
     assert collect.messages == ["GPU available: False, used: False"]
 
 
-def test_data_workers_are_lowered_to_the_usable_cores_only_when_they_exceed_them(monkeypatch, caplog):
+def test_data_workers_are_lowered_to_the_jobs_share_of_the_cores_only_when_they_exceed_it(monkeypatch, caplog):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     configs = {workers: compose_config([f"data.num_workers={workers}"]) for workers in (8, 4, 1, 0)}
-    with caplog.at_level(logging.INFO, logger="mura.app.quiet"):
+    with caplog.at_level(logging.INFO, logger="mura.app.cpu_share"):
         for cfg in configs.values():
             fit_workers_to_cores(cfg)
     assert {workers: cfg.data.num_workers for workers, cfg in configs.items()} == {8: 4, 4: 4, 1: 1, 0: 0}
     assert caplog.messages == ["data.num_workers=8 lowered to 4, the CPU cores this process may use"]  # said once
+    # Three mura jobs on these 4 cores: a worker each, none where none were asked for
+    shared = {workers: compose_config([f"data.num_workers={workers}"]) for workers in (8, 1, 0)}
+    for cfg in shared.values():
+        fit_workers_to_cores(cfg, jobs=3)
+    assert {workers: cfg.data.num_workers for workers, cfg in shared.items()} == {8: 1, 1: 1, 0: 0}
 
 
 def test_the_saved_config_resolves_what_it_can_and_keeps_the_rest(tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,6 +74,26 @@ def test_cache_is_reused_and_rebuilt_when_a_source_changes(writable_root: Path, 
     assert rebuilt.array_path != cache.array_path
     other_size = open_or_build_cache(writable_root, paths, 24, tmp_path / "cache", workers=1, progress=False)
     assert other_size.pixels(0).shape == (24, 24)
+
+
+def test_every_fold_split_seed_and_body_part_selection_reads_one_store_of_the_release(synthetic_root: Path, tmp_path: Path):
+    """One shard per official split and body part, over every image its CSV lists: the first fold builds them, the other
+    folds, another split seed and a subset of body parts open the same files; each image is decoded once."""
+    first = datamodule(synthetic_root, tmp_path, cache=True, cv_folds=3, cv_fold=0)
+    shards = {path: path.stat().st_mtime_ns for path in (tmp_path / "cache").glob("*.u8")}
+    listed = first.splits.assign(official=first.splits["split"].map({"train": "train", "val": "train", "test": "valid"}))
+    assert len(shards) == listed.groupby(["official", "body_part"]).ngroups == 14  # 7 body parts, train and valid
+    stored = sum(np.memmap(path, dtype=np.uint8, mode="r").size for path in shards) // (40 * 40)
+    assert stored == len(first.splits)  # every listed image exactly once
+    for others in ({"cv_folds": 3, "cv_fold": 1}, {"cv_folds": 3, "cv_fold": 2}, {"split_seed": 7},
+                   {"body_parts": ["XR_WRIST", "XR_HAND"], "cv_folds": 3, "cv_fold": 1}):
+        module = datamodule(synthetic_root, tmp_path, cache=True, **others)
+        for split in ("train", "val", "test"):
+            dataset = module.dataset(split, augment=False)
+            index = len(dataset) // 2
+            expected = resize_square(torch.from_numpy(load_grayscale(synthetic_root / dataset.paths[index]))[None], 40)[0]
+            assert torch.equal(torch.from_numpy(dataset.cache.pixels(dataset.cache_positions[index])), expected)
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "cache").glob("*.u8")} == shards  # nothing rebuilt
 
 
 def test_a_bad_image_in_the_cache_is_an_error_or_a_skip(writable_root: Path, tmp_path: Path):

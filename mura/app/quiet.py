@@ -12,8 +12,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
 
-from omegaconf import DictConfig, OmegaConf
-
 log = logging.getLogger(__name__)
 
 # (message regex, category, module regex): the module is the one Python attributes the warning to.
@@ -94,20 +92,3 @@ def without_wandb_link_notices() -> Iterator[None]:
     """Around a wandb `run.save`: its WANDB_LINK_NOTICE is dropped, anything else it prints shows."""
     with redirect_stderr(_StderrWithout(sys.stderr, WANDB_LINK_NOTICE)):
         yield
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity, as SLURM or taskset set it), as torch's DataLoader counts."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def fit_workers_to_cores(cfg: DictConfig) -> None:
-    """More image-loading workers than cores only slows loading down (and makes the DataLoader warn at every
-    stage): lower `data.num_workers` to the usable cores, and say so once."""
-    workers = OmegaConf.select(cfg, "data.num_workers", default=None)
-    cores = usable_cores()
-    if isinstance(workers, int) and workers > cores:
-        cfg.data.num_workers = cores
-        log.info("data.num_workers=%d lowered to %d, the CPU cores this process may use", workers, cores)

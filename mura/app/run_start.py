@@ -23,7 +23,8 @@ from rich.syntax import Syntax
 from rich.text import Text
 from rich.tree import Tree
 
-from mura.app.quiet import fit_workers_to_cores, quiet_known_noise, rank_zero
+from mura.app.cpu_share import fit_workers_to_cores, join_cpu_share
+from mura.app.quiet import quiet_known_noise, rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def start_run(cfg: DictConfig) -> None:
     over a run's checkpoints before this; its other refusals (settings, data) come after, as every other command's."""
     save_hydra_record(cfg)
     quiet_known_noise()
-    fit_workers_to_cores(cfg)
+    share = join_cpu_share(cfg.get("cpu_threads", "auto"))
+    fit_workers_to_cores(cfg, share.jobs_on_my_cores())
     announce_run(cfg, Path(cfg.paths.output_dir))
 
 

@@ -1,7 +1,11 @@
-"""The bench's `startup` measurement: how long a researcher waits for a first result. It runs the real command,
-`python -m mura.train`, in a process of its own (so interpreter start, imports and config composition count), and
-reads the run's timings.json (mura/callbacks/timing.py): process start to the first optimizer step, epoch 0 against
-a steady epoch, the first Grad-CAM gallery against later ones."""
+"""The bench's measurements of the real command, `python -m mura.train`, each run in a process of its own (so
+interpreter start, imports and config composition count).
+
+- `startup`: how long a researcher waits for a first result, from the run's timings.json (mura/callbacks/timing.py):
+  process start to the first optimizer step, epoch 0 against a steady epoch, the first Grad-CAM gallery against later
+  ones.
+- `share`: two jobs at once against one alone, on the same cores (a local sweep, or a second experiment started while
+  the first trains): the jobs must share the cores, not fight over them (mura.app.cpu_share)."""
 
 from __future__ import annotations
 
@@ -26,12 +30,32 @@ CACHE_ONLY = ["trainer.max_epochs=1", "++trainer.limit_train_batches=1", "++trai
 
 def _train(overrides: list[str], run_dir: Path, timeout_s: float) -> tuple[float, float]:
     """Its launch time and wall seconds."""
-    command = [sys.executable, "-m", "mura.train", *overrides, f"hydra.run.dir={run_dir}"]
     launched = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    _train_together([overrides], [run_dir], timeout_s)
     return launched, time.time() - launched
+
+
+def _train_together(overrides: list[list[str]], run_dirs: list[Path], timeout_s: float) -> None:
+    """`mura.train` once per (overrides, run folder), all at once; returns when every one has ended, raises if any failed."""
+    commands = [[sys.executable, "-m", "mura.train", *args, f"hydra.run.dir={run_dir}"] for args, run_dir in zip(overrides, run_dirs, strict=True)]
+    with tempfile.TemporaryDirectory(prefix="mura_logs_") as logs:
+        processes = []
+        for index, command in enumerate(commands):
+            with open(Path(logs) / f"{index}.err", "w") as stderr:  # a file, not a pipe: nothing waits to be read
+                processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr))
+        deadline = time.monotonic() + timeout_s
+        try:
+            for process in processes:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        for index, (command, process) in enumerate(zip(commands, processes, strict=True)):
+            if process.returncode != 0:
+                error = (Path(logs) / f"{index}.err").read_text()[-3000:]
+                raise RuntimeError(f"{' '.join(command)} failed (exit {process.returncode}):\n{error}")
 
 
 # (root, cache folder, overrides) -> None where an earlier startup measurement of this process built that cache, or
@@ -85,4 +109,26 @@ def measure_startup(root: Path, cache_dir: Path, output_dir: Path, overrides: li
         "epochs": timings["epochs"],
         "wall_s": round(wall, 1),
         "config": {"overrides": overrides, "extra_overrides": list(extra_overrides), "launched": launched, "kept": str(kept)},
+    }
+
+
+def measure_sharing(root: Path, cache_dir: Path, overrides: list[str], timeout_s: float = 900) -> dict:
+    """`mura.train <overrides>` on `root`: once to build the cache, once alone, then twice at once, as two jobs of a
+    local sweep start. The figures are the ratios: two at once against one alone (ideally under 1.5: the cores are
+    shared), and against the same two one after the other (at most 1: running them at once never costs more)."""
+    common = [*overrides, f"data.root={root}", f"data.cache_dir={cache_dir}"]
+    deadline = time.monotonic() + timeout_s
+    with tempfile.TemporaryDirectory(prefix="mura_share_") as scratch:
+        _train([*common, *CACHE_ONLY], Path(scratch) / "cache_build", timeout_s)
+        launched, alone = _train(common, Path(scratch) / "alone", max(deadline - time.monotonic(), 1.0))
+        started = time.time()
+        _train_together([common, common], [Path(scratch) / "first", Path(scratch) / "second"],
+                        max(deadline - time.monotonic(), 1.0))
+        together = time.time() - started
+    return {
+        "kind": "share", "recipe": "ours", "images_per_s": None, "peak_mem_gib": None,
+        "alone_s": round(alone, 1), "two_at_once_s": round(together, 1),
+        "two_at_once_vs_alone": round(together / alone, 2),
+        "two_at_once_vs_one_after_the_other": round(together / (2 * alone), 2),
+        "config": {"overrides": overrides, "launched": launched},
     }

@@ -7,11 +7,19 @@ epoch from the cache is a memory copy. The cache stores exactly the output of th
 A cache is keyed on its source files (path, size, modification time), the image size, the resize mode and the format
 version: change any and it is rebuilt; otherwise it is reused. It is built by several processes, with a
 progress bar, into a temporary file that is renamed when complete.
+
+A release is cached in shards, one per official split and body part, each over every image its CSV lists
+(`open_or_build_shards`): a split of the data module (a fold's training or validation share, the test split, a
+selection of body parts) reads the shards it touches, so every fold, split seed, setting and body-part selection of
+one release at one size reuses one store of decoded images (keyed on the split's own paths, a 5-fold sweep decoded
+and stored the training images ten times).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -126,3 +134,48 @@ def open_or_build_cache(
     meta_path.write_text(json.dumps(meta))  # written last: its presence marks a complete cache
     log.info("cached %d images (%d unreadable) at %s", total, len(failures), array_path)
     return ImageCache(array_path, meta)
+
+
+class ShardedImageCache:
+    """Several caches read as one (`ImageCache`'s interface): positions run through the shards in order."""
+
+    def __init__(self, shards: list[ImageCache]):
+        self.shards = shards
+        self._offsets = list(itertools.accumulate([0, *(len(shard) for shard in shards)]))
+        self.paths = [path for shard in shards for path in shard.paths]
+        self._positions = {path: position for position, path in enumerate(self.paths)}
+        self.failures = {offset + position: reason for offset, shard in zip(self._offsets, shards, strict=False)
+                         for position, reason in shard.failures.items()}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def position(self, path: str) -> int:
+        return self._positions[path]
+
+    def unreadable(self) -> dict[str, str]:
+        return {path: reason for shard in self.shards for path, reason in shard.unreadable().items()}
+
+    def pixels(self, position: int) -> np.ndarray | None:
+        shard = bisect.bisect_right(self._offsets, position) - 1
+        return self.shards[shard].pixels(position - self._offsets[shard])
+
+
+def open_or_build_shards(
+    root: str | Path,
+    listed: dict[tuple[str, str], list[str]],
+    groups: list[tuple[str, str]],
+    image_size: int,
+    cache_dir: str | Path,
+    workers: int = 4,
+    resize_mode: str = "squash",
+    opened: dict[tuple[str, str], ImageCache] | None = None,
+) -> ShardedImageCache:
+    """The shards of `groups` ((official split, body part) pairs), each over every image `listed` gives for its group,
+    as one cache; `opened` keeps the shards this process has opened, so two splits touching one shard share it."""
+    opened = {} if opened is None else opened
+    for group in groups:
+        if group not in opened:
+            opened[group] = open_or_build_cache(root, listed[group], image_size, cache_dir, workers=workers,
+                                                resize_mode=resize_mode)
+    return ShardedImageCache([opened[group] for group in groups])

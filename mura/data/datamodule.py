@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
-from mura.data.cache import ImageCache, open_or_build_cache
+from mura.data.cache import ImageCache, ShardedImageCache, open_or_build_shards
 from mura.data.dataset import MuraImageDataset, collate_samples
 from mura.data.index import (
     BODY_PARTS,
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # after training, and an unreadable test image must stop it before the first step, not after the last.
 SPLITS_OF_STAGE = {"fit": SPLIT_ORDER, None: SPLIT_ORDER, "validate": ("val",), "test": ("test",), "predict": ("test",)}
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
+# The official CSV each split's images come from: training and validation (a share or a fold) from train, test from valid.
+OFFICIAL_SPLIT_OF = {"train": "train", "val": "train", "test": "valid"}
 
 
 class MuraDataModule(pl.LightningDataModule):
@@ -117,7 +119,8 @@ class MuraDataModule(pl.LightningDataModule):
         self.cache = cache
         self.cache_dir = cache_dir
         self.augment_on_device = augment_on_device
-        self._caches: dict[str, ImageCache] = {}
+        self._caches: dict[str, ShardedImageCache] = {}
+        self._cache_shards: dict[tuple[str, str], ImageCache] = {}  # (official split, body part) -> its opened shard
         self._listed: pd.DataFrame | None = None
         self.splits_dir = splits_dir
         self.splits: pd.DataFrame | None = None
@@ -303,18 +306,20 @@ class MuraDataModule(pl.LightningDataModule):
                                          resize_mode=self.resize)
         return MuraImageDataset(frame, self.root, transform, on_bad_image=self.on_bad_image, cache=cache)
 
-    def image_cache(self, split: str) -> ImageCache:
-        """The split's decode-once cache, over every listed image of the split (skipped ones included, so the
-        cache's key, and so the cache, is the same whatever was skipped)."""
+    def image_cache(self, split: str) -> ShardedImageCache:
+        """The split's decode-once cache: the shards (official split x body part, mura.data.cache) its images lie in,
+        each over every listed image of its CSV and body part (skipped ones included), so that every fold, split seed
+        and selection of body parts of the release reads and builds the same shards."""
         if split not in self._caches:
-            self._caches[split] = open_or_build_cache(
-                self.root, self._all_paths_of(split), self.image_size, self.cache_dir, workers=max(1, self.num_workers),
-                resize_mode=self.resize,
+            listed = self._listed.assign(official=self._listed["split"].map(OFFICIAL_SPLIT_OF))
+            groups = {group: frame["path"].tolist() for group, frame in listed.groupby(["official", "body_part"], sort=True)}
+            wanted = sorted(set(zip(*(listed.loc[listed["split"] == split, column] for column in ("official", "body_part")),
+                                    strict=True)))
+            self._caches[split] = open_or_build_shards(
+                self.root, groups, wanted, self.image_size, self.cache_dir, workers=max(1, self.num_workers),
+                resize_mode=self.resize, opened=self._cache_shards,
             )
         return self._caches[split]
-
-    def _all_paths_of(self, split: str) -> list[str]:
-        return self._listed.loc[self._listed["split"] == split, "path"].tolist()
 
     def dataloader(self, split: str, shuffle: bool | None = None, train_transforms: bool | None = None) -> DataLoader:
         """Batches of one split; by default the train split is shuffled and augmented, the others are not."""

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from mura.data.cache import ImageCache
+from mura.data.cache import ImageCache, ShardedImageCache
 from mura.data.images import ImageDecodeError, load_grayscale
 from mura.data.index import BODY_PARTS
 
@@ -35,7 +35,7 @@ class MuraImageDataset(Dataset):
         root: str | Path,
         transform: Callable[[torch.Tensor], torch.Tensor] | None,
         on_bad_image: str = "error",
-        cache: ImageCache | None = None,
+        cache: ImageCache | ShardedImageCache | None = None,
     ):
         if on_bad_image not in ON_BAD_IMAGE:
             raise ValueError(f"data.on_bad_image must be one of {ON_BAD_IMAGE}, not {on_bad_image!r}")

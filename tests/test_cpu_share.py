@@ -1,0 +1,64 @@
+"""Each job's math threads are its share of the cores among the mura jobs on them (mura.app.cpu_share)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mura.app.cpu_share import CpuShare
+from mura.app.errors import ConfigError
+
+
+@pytest.fixture
+def other_job():
+    """A live process standing for another mura job: its registry entry names its pid."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def four_cores(monkeypatch):
+    monkeypatch.setattr("mura.app.cpu_share.usable_cores", lambda: {0, 1, 2, 3})
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_job_alone_takes_every_core_and_shares_them_with_a_job_started_later(tmp_path: Path, four_cores, other_job):
+    share = CpuShare("auto", registry=tmp_path)
+    share.join()
+    assert share.apply() == 4 and torch.get_num_threads() == 4  # alone: torch's default, a thread per core
+    (tmp_path / str(other_job)).write_text("2,3,4,5")  # another job on two of our cores
+    assert share.apply() == 2 and torch.get_num_threads() == 2
+    (tmp_path / str(other_job)).write_text("4,5,6,7")  # pinned elsewhere: shares nothing with us
+    assert share.apply() == 4
+    share.leave()
+    assert not share.entry.exists()
+
+
+def test_a_job_that_ended_gives_its_share_back_and_its_entry_goes(tmp_path: Path, four_cores):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / finished.stdout.strip()).write_text("0,1,2,3")  # a killed job's leftover entry
+    share = CpuShare("auto", registry=tmp_path)
+    share.join()
+    assert share.apply() == 4
+    assert sorted(path.name for path in tmp_path.iterdir()) == [share.entry.name]
+
+
+def test_the_setting_and_the_environment_are_obeyed(tmp_path: Path, four_cores, monkeypatch, other_job):
+    (tmp_path / str(other_job)).write_text("0,1,2,3")
+    assert CpuShare(3, registry=tmp_path).apply() == 3  # cpu_threads=3: as given, whoever shares the cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a user's or a launcher's cap for the process tree
+    assert CpuShare("auto", registry=tmp_path).apply() == 1
+    with pytest.raises(ConfigError, match="cpu_threads must be auto or a number"):
+        CpuShare("many", registry=tmp_path)
+    with pytest.raises(ConfigError, match="cpu_threads"):
+        CpuShare(0, registry=tmp_path)
