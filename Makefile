@@ -17,9 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m mura.train experiment=demo
 
-# Two worker processes, one thread each (tests/conftest.py): the suite in about 3 minutes on 2 cores.
+# Two worker processes, one thread each (tests/conftest.py); the slowest tests are listed at the end, so what the
+# suite costs stays in sight (CI prints it too).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check mura tests notebooks

@@ -43,6 +43,7 @@ HELP = {
     "synth": ("mura.synth: generate a synthetic MURA-v1.1 tree", ["data.synthetic.dir=", "force="]),
     "bench": ("mura.bench: time the paper's recipe", ["bench_preset=gpu", "data_root=", "device=", "runs="]),
     "summarize": ("mura.summarize: many training runs in one table", ["runs="]),
+    "compare": ("mura.compare: paired differences between runs", ["runs=", "baseline=", "bootstrap=", "threshold="]),
     "export": ("mura.export: a trained checkpoint as one TorchScript or ONNX file", ["ckpt_path=", "format=", "output=",
                                                                                     "check=", "tolerance="]),
 }

@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "mura"
 # Bottom to top; `app` (resolvers, paths, errors, the data-root guard) stands beside them all.
 LAYERS = {"data": 0, "evaluation": 1, "models": 2, "inference": 3, "callbacks": 3, "benchmarking": 4, "commands": 5}
-COMMANDS = {"train", "evaluate", "predict", "audit", "synth", "bench", "summarize", "export"}
+COMMANDS = {"train", "evaluate", "predict", "audit", "synth", "bench", "summarize", "export", "compare"}
 
 
 def room(module: str) -> str:

@@ -35,7 +35,8 @@ def _overrides(root: Path, output_dir: Path, schedule: str, ema: bool) -> list[s
     return [
         *tiny_training_overrides(root, output_dir), "data.image_size=32", "data.num_workers=2", "data.cache=false",
         "data.augment_on_device=false", "data.body_parts=[XR_WRIST,XR_HAND,XR_ELBOW]", "test=false",
-        "callbacks.gradcam=null", "callbacks.learning_curves=null", "trainer.max_epochs=2", "trainer.deterministic=true",
+        "callbacks.gradcam=null", "callbacks.learning_curves=null", "callbacks.lr_monitor=null", "callbacks.timings=null",
+        "++trainer.num_sanity_val_steps=0", "trainer.max_epochs=2", "trainer.deterministic=true",
         f"model/scheduler={schedule}", *(["model.ema.decay=0.9", "model.ema.start_step=2"] if ema else []),
     ]
 

@@ -21,6 +21,7 @@ MISTAKES = {
     "predict": (["ckpt_path=best.ckpt"], "input is not set: pass input=..."),
     "export": ([], "ckpt_path is not set: pass ckpt_path=..."),
     "summarize": ([], "runs is not set: pass runs=..."),
+    "compare": ([], "runs is not set: pass runs=..."),
     "audit": (["data.root={root}/no_such_folder"], "no_such_folder' is not a folder"),
     "synth": (["data.root={root}"], "mura.synth writes into data.synthetic.dir"),
     "bench": (["runs=[pipeline]"], "no measurement called pipeline"),

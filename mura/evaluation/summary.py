@@ -254,7 +254,7 @@ def _group_name(position: int) -> str:
 
 
 # The commands whose folders hold no scores (a job renamed with hydra.job.name=... is still taken for a run)
-OTHER_COMMANDS = ("audit", "bench", "export", "predict", "summarize", "synth")
+OTHER_COMMANDS = ("audit", "bench", "compare", "export", "predict", "summarize", "synth")
 
 
 def _recorded(run: Path, name: str) -> DictConfig | ListConfig | None:
