@@ -35,6 +35,9 @@ def data_dir_outside_the_checkout(tmp_path_factory) -> Path:
     temporary folder: a test never writes into the checkout's data/."""
     data_dir = tmp_path_factory.mktemp("data_dir")
     os.environ["MURA_DATA_DIR"] = str(data_dir)
+    # The jobs registry (mura.app.cpu_share) of the tests and the commands they start: a user's trainings beside the
+    # suite neither count the tests as jobs nor are counted by them
+    os.environ["MURA_JOBS_DIR"] = str(tmp_path_factory.mktemp("jobs"))
     return data_dir
 
 

@@ -227,3 +227,10 @@ def test_the_command_reads_real_run_folders(trained_run, tmp_path: Path):
     assert len(written) == len(table) and "p_holm" in written.columns
     assert (tmp_path / "out" / "compare.png").read_bytes().startswith(b"\x89PNG")
     assert f"Baseline: **{run_dir.name}**" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_delong_says_untestable_where_the_difference_has_no_spread():
+    """A perfect run against a constant one on six studies: a difference of 0.5 and a variance of 0 is no p = 0."""
+    labels = np.array([1, 1, 0, 0, 1, 0])
+    difference, variance, p_value = delong_test(labels, labels.astype(float), np.full(6, 0.5))
+    assert difference == -0.5 and variance == 0 and math.isnan(p_value)

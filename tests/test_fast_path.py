@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,37 @@ def test_a_bad_image_in_the_cache_is_an_error_or_a_skip(writable_root: Path, tmp
     # The cache still holds every listed image's row: the one left out is recorded there as unreadable.
     assert dataset.cache.unreadable() == {victim: "not an image file (unrecognised format)"}
     assert all(dataset[index]["path"] == dataset.paths[index] for index in range(len(dataset)))
+
+
+def test_an_unreadable_training_image_is_no_error_of_the_validation_split_that_shares_its_shard(writable_root: Path,
+                                                                                                tmp_path: Path):
+    victim = datamodule(writable_root, tmp_path).split_frame("train")["path"].iloc[0]
+    (writable_root / victim).write_bytes(b"broken")
+    settings = dict(root=str(writable_root), image_size=40, recipe="paper", channels=3, batch_size=8, num_workers=0,
+                    val_fraction=0.3, seed=0, cache_dir=str(tmp_path / "cache"), cache=True)
+    MuraDataModule(**settings).setup(splits=("val",))  # mura.evaluate eval.split=val: its images are all readable
+    with pytest.raises(MuraDataError, match=f"1 unreadable image.*{victim}"):
+        MuraDataModule(**settings).setup(splits=("train",))
+
+
+def test_jobs_asking_for_one_shard_at_once_decode_it_once(synthetic_root: Path, tmp_path: Path, monkeypatch):
+    """The jobs of a sweep start together: the first builds a shard, the others wait for it and open it."""
+    from mura.data import cache as cache_module
+
+    builds, real_build = [], cache_module._build
+
+    def slow_build(*args, **kwargs):
+        builds.append(1)
+        time.sleep(0.5)  # the others arrive while it builds
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_build", slow_build)
+    paths = sorted(path.relative_to(synthetic_root).as_posix() for path in synthetic_root.rglob("*.png"))[:6]
+    with ThreadPoolExecutor(3) as pool:
+        caches = list(pool.map(lambda _: open_or_build_cache(synthetic_root, paths, 24, tmp_path / "cache", workers=1,
+                                                             progress=False), range(3)))
+    assert len(builds) == 1 and len({cache.array_path for cache in caches}) == 1
+    assert all(torch.equal(torch.from_numpy(cache.pixels(5)), torch.from_numpy(caches[0].pixels(5))) for cache in caches)
 
 
 def test_cache_building_with_workers_matches_one_process(synthetic_root: Path, tmp_path: Path):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from mura.app.cpu_share import current_cpu_share
+
 # The warm-up run only builds the decode-once cache (and warms the page cache): one batch each way, no sanity
 # check, no gallery, no test, and no cuDNN autotuning (on an H100 that alone took most of a minute; the measured run
 # does its own, in its own process, as a user's run would).
@@ -38,6 +40,18 @@ def _train(overrides: list[str], run_dir: Path, timeout_s: float) -> tuple[float
 def _train_together(overrides: list[list[str]], run_dirs: list[Path], timeout_s: float) -> None:
     """`mura.train` once per (overrides, run folder), all at once; returns when every one has ended, raises if any failed."""
     commands = [[sys.executable, "-m", "mura.train", *args, f"hydra.run.dir={run_dir}"] for args, run_dir in zip(overrides, run_dirs, strict=True)]
+    # The bench waits while they train: it is no job of its own, and counted as one it would halve their threads
+    share = current_cpu_share()
+    if share is not None:
+        share.leave()
+    try:
+        _run_all(commands, timeout_s)
+    finally:
+        if share is not None:
+            share.join()
+
+
+def _run_all(commands: list[list[str]], timeout_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix="mura_logs_") as logs:
         processes = []
         for index, command in enumerate(commands):

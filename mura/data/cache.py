@@ -18,6 +18,7 @@ and stored the training images ten times).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import itertools
 import json
@@ -117,7 +118,39 @@ def open_or_build_cache(
     if meta_path.is_file() and array_path.is_file():
         return ImageCache(array_path, json.loads(meta_path.read_text()))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache_dir / f"{key}.u8.partial-{os.getpid()}"
+    # The jobs of a sweep started together want the same shards at once: the first builds, the others wait for it and
+    # open what it built, instead of each decoding the whole release
+    with _build_lock(cache_dir / f"{key}.lock"):
+        if meta_path.is_file() and array_path.is_file():
+            return ImageCache(array_path, json.loads(meta_path.read_text()))
+        meta = _build(root, paths, image_size, resize_mode, array_path, workers, progress)
+    # Its presence marks a complete cache: written whole (a reader never parses half of it), last
+    partial_meta = meta_path.with_name(f"{meta_path.name}.partial-{os.getpid()}")
+    partial_meta.write_text(json.dumps(meta))
+    os.replace(partial_meta, meta_path)
+    return ImageCache(array_path, meta)
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """An exclusive lock on `path` for the block, where the system has fcntl (POSIX); elsewhere none."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(root: Path, paths: list[str], image_size: int, resize_mode: str, array_path: Path, workers: int,
+           progress: bool) -> dict:
+    """Decode and resize every image of `paths` into `array_path`; returns the cache's meta (failures included)."""
+    partial = array_path.with_name(f"{array_path.name}.partial-{os.getpid()}")
     total = len(paths)
     np.memmap(partial, dtype=np.uint8, mode="w+", shape=(max(total, 1), image_size, image_size)).flush()
     chunk = max(1, min(256, total // max(1, workers * 4) or 1))
@@ -128,12 +161,10 @@ def open_or_build_cache(
     for result in map_in_processes(_decode_rows, jobs, [len(job[2]) for job in jobs], workers,
                                    f"caching {total} images at {image_size} px", progress):
         failures.update(result)
-    meta = {"version": CACHE_VERSION, "root": str(root), "image_size": image_size, "resize": resize_mode, "paths": paths,
-            "failures": {str(k): v for k, v in failures.items()}}
     os.replace(partial, array_path)
-    meta_path.write_text(json.dumps(meta))  # written last: its presence marks a complete cache
     log.info("cached %d images (%d unreadable) at %s", total, len(failures), array_path)
-    return ImageCache(array_path, meta)
+    return {"version": CACHE_VERSION, "root": str(root), "image_size": image_size, "resize": resize_mode, "paths": paths,
+            "failures": {str(k): v for k, v in failures.items()}}
 
 
 class ShardedImageCache:

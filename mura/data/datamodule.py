@@ -231,7 +231,10 @@ class MuraDataModule(pl.LightningDataModule):
 
     def _find_unreadable(self, splits: list[str]) -> dict[str, str]:
         if self.cache:
-            return {path: reason for split in splits for path, reason in self.image_cache(split).unreadable().items()}
+            # A shard holds the other splits' images of its CSV and body part too: only these splits' count here
+            wanted = set(self._listed.loc[self._listed["split"].isin(splits), "path"])
+            return {path: reason for split in splits for path, reason in self.image_cache(split).unreadable().items()
+                    if path in wanted}
         paths = self._listed.loc[self._listed["split"].isin(splits), "path"].tolist()
         return find_unreadable(self.root, paths, workers=max(1, self.num_workers), desc=f"checking {len(paths)} images")
 

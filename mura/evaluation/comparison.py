@@ -109,7 +109,9 @@ def _study_difference(reference: pd.DataFrame, table: pd.DataFrame, baseline: st
             parts.append(f"{name} has {len(extra)} that {baseline} lacks (e.g. {extra[0]})")
         return "; ".join(parts)
     for key in STUDY_KEYS:
-        differs = reference[key].astype(str).to_numpy() != table[key].astype(str).to_numpy()
+        # Labels as numbers (a CSV column with a gap reads 1 as 1.0), the rest as text
+        kind = int if key == "label" else str
+        differs = reference[key].astype(kind).to_numpy() != table[key].astype(kind).to_numpy()
         if differs.any():
             first = np.flatnonzero(differs)[0]
             return (f"the {key} differs on {differs.sum()} studies (e.g. {reference['study'].iloc[first]}: "
@@ -198,7 +200,9 @@ def delong_test(labels: np.ndarray, baseline_scores: np.ndarray, run_scores: np.
     # the cancellation that subtracting near-equal covariances brings for nearly identical runs.
     variance = float(np.var(v10[0] - v10[1], ddof=1) / m + np.var(v01[0] - v01[1], ddof=1) / n)
     if variance == 0:
-        return difference, 0.0, 1.0 if difference == 0 else 0.0
+        # No spread to test against: equal runs are p = 1; unequal ones (a perfect run against a constant one on a
+        # handful of studies) are untestable here, not certainly different
+        return difference, 0.0, 1.0 if difference == 0 else float("nan")
     return difference, variance, math.erfc(abs(difference) / math.sqrt(2 * variance))
 
 

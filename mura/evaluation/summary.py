@@ -41,6 +41,7 @@ MODEL_NEUTRAL_OVERRIDES = (
     "logger",
     "tags",
     "test",  # whether the selected checkpoint is tested after training: not which one is selected
+    "cpu_threads",  # how many math threads: the same model, its sums in another order (last digits only)
     "data.num_workers",
     "data.persistent_workers",
     "data.pin_memory",
@@ -58,6 +59,7 @@ MODEL_NEUTRAL_OVERRIDES = (
     "callbacks.timings",
     "callbacks.on_exception",
     "callbacks.last_checkpoint",
+    "callbacks.cpu_share",
 )
 
 

@@ -38,7 +38,9 @@ class EMAOnceUpdated(EMAWeightAveraging):
             self._average_model.to(pl_module.device)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._swapped = self.has_average()
+        # Only while fitting: trainer.validate(ckpt_path=...) after a fit scores the checkpoint's weights, not the
+        # average this callback kept from the fit
+        self._swapped = self.has_average() and trainer.state.fn == TrainerFn.FITTING
         if self._swapped:
             self._swap_models(pl_module)
 
