@@ -104,3 +104,25 @@ def trained_run(synthetic_root: Path, tmp_path_factory) -> tuple[Path, dict]:
     output_dir = tmp_path_factory.mktemp("trained_run")
     metrics = train(compose_config([*tiny_training_overrides(synthetic_root, output_dir), "callbacks.gradcam.every_n_epochs=1"]))
     return output_dir, metrics
+
+
+def run_main_in_process(command: str, args: list[str]) -> int | str | None:
+    """`python -m mura.COMMAND ARGS` through the command's own Hydra main, in this process (one Python start-up
+    per command would cost seconds each); returns its exit code (0 when the main returns)."""
+    import importlib
+    from unittest.mock import patch
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    main = importlib.import_module(f"mura.{command}").main
+    # HYDRA_MAIN_MODULE: Hydra finds conf/ from the command's file, as under `python -m` (module __main__).
+    with patch("sys.argv", [f"mura/{command}.py", *args]), patch.dict(os.environ, {"HYDRA_MAIN_MODULE": "__main__"}):
+        try:
+            main()
+            code = 0
+        except SystemExit as stopped:
+            code = stopped.code
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # as after a command: no Hydra run is going on
+    return code

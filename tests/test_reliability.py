@@ -17,7 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import REPO, compose_config, tiny_training_overrides
+from conftest import REPO, compose_config, run_main_in_process, tiny_training_overrides
 from mura.data.datamodule import MuraDataModule
 from mura.data.sampling import SeededSampler
 from mura.models.checkpoint import AtomicCheckpointIO
@@ -66,7 +66,7 @@ def final_numbers(run_dir: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path):
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path, capfd):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     # Worker processes, as the shipped configs load: they draw a resumed epoch's first samples before Lightning's
     # set_epoch, which once gave the resumed run epoch 0's order and augmentation.
@@ -93,8 +93,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_roo
     record = {path: path.read_bytes() for path in [crashed / "config.yaml", *(crashed / ".hydra").iterdir()]}
     assert {path.name for path in record} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
     assert "ckpt_path=last" in (crashed / ".hydra" / "overrides.yaml").read_text()  # the resume's own command line
-    refused = run_train([*cli_overrides(synthetic_root, crashed, epochs=3), "model.optimizer.lr=0.5"], tmp_path, check=False)
-    assert refused.returncode == 2 and "already holds" in refused.stderr
+    code = run_main_in_process("train", [*cli_overrides(synthetic_root, crashed, epochs=3), "model.optimizer.lr=0.5"])
+    assert code == 2 and "already holds" in capfd.readouterr().err
     assert {path: path.read_bytes() for path in record} == record
 
 

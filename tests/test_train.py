@@ -1,13 +1,10 @@
 from __future__ import annotations
 
 import atexit
-import importlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-from unittest.mock import patch
 
 import pandas as pd
 import pytest
@@ -15,7 +12,7 @@ import torch
 import yaml
 from hydra.utils import instantiate
 
-from conftest import CONF_DIR, compose_config
+from conftest import CONF_DIR, compose_config, run_main_in_process
 from conftest import tiny_training_overrides as tiny_overrides
 from mura.train import instantiate_group
 
@@ -242,8 +239,6 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_folder_and_every_oth
     """A debug=fdr run refused for a setting left outputs/debug/<time>/ behind, holding its log and config records
     only. The commands run through their Hydra mains in this process, and what they leave for the process's exit runs
     when each returns, as it would at exit."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
 
     from mura.app.run_start import only_start_records
 
@@ -251,31 +246,18 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_folder_and_every_oth
     monkeypatch.setattr(atexit, "register", at_exit.append)
     monkeypatch.setattr(atexit, "unregister", lambda function: at_exit.remove(function) if function in at_exit else None)
 
-    def run_command(command: str, args: list[str]) -> int | str | None:
-        """`python -m mura.COMMAND ARGS` up to its exit: its exit code (tests/test_user_errors.py's way)."""
-        main = importlib.import_module(f"mura.{command}").main
-        with patch("sys.argv", [f"mura/{command}.py", *args]), patch.dict(os.environ, {"HYDRA_MAIN_MODULE": "__main__"}):
-            try:
-                main()
-                code = 0
-            except SystemExit as stopped:
-                code = stopped.code
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None
-        return code
-
     def process_exit() -> None:
         while at_exit:
             at_exit.pop()()
 
     def exit_after(command: str, args: list[str]) -> int | str | None:
-        code = run_command(command, args)
+        code = run_main_in_process(command, args)
         process_exit()
         return code
 
     refused = [f"data.root={synthetic_root}", "debug=fdr", "selection.metric=val/kappa"]
     outputs = tmp_path / "outputs"
-    assert run_command("train", [*refused, f"hydra.run.dir={outputs / 'debug' / 'first'}"]) == 2
+    assert run_main_in_process("train", [*refused, f"hydra.run.dir={outputs / 'debug' / 'first'}"]) == 2
     assert sorted(path.name for path in (outputs / "debug" / "first").iterdir()) == [".hydra", "config.yaml", "train.log"]
     process_exit()
     assert not outputs.exists()  # outputs/debug/ as well: this run made it
