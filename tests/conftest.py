@@ -126,3 +126,18 @@ def run_main_in_process(command: str, args: list[str]) -> int | str | None:
     GlobalHydra.instance().clear()
     HydraConfig.instance().cfg = None  # as after a command: no Hydra run is going on
     return code
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """Every matplotlib Figure saved during the test, in order, as drawn (they are read back by their axes)."""
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+
+    def capture(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    return figures

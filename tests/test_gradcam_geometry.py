@@ -97,18 +97,6 @@ def assert_heat_on_marker(figure: Figure, png: Path, views: list[str]) -> None:
         assert middle[0] - middle[2] > 0.1, (view, middle)
 
 
-@pytest.fixture
-def saved_figures(monkeypatch) -> list[Figure]:
-    figures, save = [], Figure.savefig
-
-    def capture(self, *args, **kwargs):
-        figures.append(self)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", capture)
-    return figures
-
-
 @pytest.mark.parametrize("shape", [(200, 80), (80, 200), (201, 80), (7, 300), (420, 512), (64, 64)])
 def test_a_pad_map_is_cut_to_where_resize_square_put_the_radiograph(shape: tuple[int, int]):
     """The map of the padded square, cut to the radiograph, is all radiograph and all of it: the place a map of ones

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
 from sklearn.metrics import cohen_kappa_score
 
 from mura.data.index import build_index
@@ -104,18 +103,6 @@ def test_importing_the_report_leaves_matplotlib_alone():
     result = subprocess.run([sys.executable, "-c", code], env={"MPLBACKEND": "svg", "PATH": ""}, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
-
-
-@pytest.fixture
-def saved_figures(monkeypatch) -> list[Figure]:
-    figures, save = [], Figure.savefig
-
-    def capture(self, *args, **kwargs):
-        figures.append(self)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", capture)
-    return figures
 
 
 def test_confusion_counts_are_white_on_dark_cells(tmp_path, saved_figures):
