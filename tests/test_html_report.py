@@ -168,7 +168,10 @@ def test_every_table_and_the_run_identity_are_there(training_run):
     assert split[0] == ["split", "body part", "images", "studies", "patients", "abnormal studies pct"]
     assert split[1:] == [["train", "XR_ELBOW", "10", "4", "3", "25.0"], ["train", "all", "20", "8", "6", "37.5"],
                          ["test", "all", "5", "2", "2", "50.0"]]
-    assert len(page.tables) == 5
+    views = page.table_with_header("views")
+    assert views[0][:3] == ["views", "n", "kappa"] and views[-1][0] == "overall"
+    assert sum(int(row[1]) for row in views[1:-1]) == overall["n"]  # every study in one views group
+    assert len(page.tables) == 6
     text = " ".join(" ".join(page.text).split())
     assert "Test results after training" in text and "the test split (official valid) of /data" in text
     assert "/runs/a/checkpoints/best.ckpt (epoch 3)" in text and "/runs/b/checkpoints/best.ckpt" in text
@@ -195,5 +198,5 @@ def test_an_evaluation_folder_shows_what_it_has_and_text_is_escaped(tmp_path):
     assert "script" not in {tag for tag, _ in page.tags}
     assert "Evaluation <script>alert(1)</script> & co" in " ".join(page.text)  # shown as text, not run
     assert len(page.images()) == 3  # roc, confusion, calibration: no curves, no gallery in an evaluation folder
-    assert {"comparison", "study", "calibration", "image"} == set(page.attributes("id"))
-    assert len(page.tables) == 4 and "none computed" in " ".join(page.text)
+    assert {"comparison", "study", "views", "calibration", "image"} == set(page.attributes("id"))
+    assert len(page.tables) == 5 and "none computed" in " ".join(page.text)

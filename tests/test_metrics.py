@@ -305,3 +305,19 @@ def test_the_reports_intervals_resample_patients_not_rows():
         assert by_patient != by_row  # this data tells the two apart
         assert report[level]["overall"]["kappa_ci95"] == pytest.approx(by_patient["kappa"], abs=1e-12)
         assert report[level]["overall"]["auroc_ci95"] == pytest.approx(by_patient["auroc"], abs=1e-12)
+
+
+def test_the_report_breaks_study_results_down_by_number_of_views():
+    """metrics.json's `views`: studies of 1, 2, 3 and 4+ views (random_images: 1-4 a study), each group's metrics those
+    of its own studies with their own patient bootstrap, overall the study level's; not logged every epoch."""
+    images = random_images(n_studies=120, seed=4)
+    report = metrics_report(images, bootstrap=200)
+    studies = aggregate_studies(images)
+    assert list(report["views"]) == ["overall", "1", "2", "3", "4+"]
+    assert sum(report["views"][group]["n"] for group in ("1", "2", "3", "4+")) == report["study"]["overall"]["n"]
+    assert report["views"]["overall"] == report["study"]["overall"]
+    single = studies[studies["n_views"] == 1]
+    expected = binary_metrics(single["label"].to_numpy(), single["probability"].to_numpy(), 0.5, single["patient"].to_numpy(),
+                              200, 0)
+    assert report["views"]["1"] == expected
+    assert not any("/views" in key for key in flatten_for_logging(report, "test"))

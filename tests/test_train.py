@@ -47,7 +47,7 @@ def test_training_run_writes_the_whole_run_folder(trained_run):
                  "history.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv"):
         assert (tmp_path / name).is_file(), name
     report = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(report) == {"study", "image"}
+    assert set(report) == {"study", "image", "views"}  # views: study results by number of views per study
     assert set(report["study"]["overall"]) == M_KEYS
     splits = pd.read_csv(tmp_path / "splits.csv")
     test_studies = splits[splits["split"] == "test"]["study"].nunique()

@@ -36,6 +36,7 @@ class ReportContent:
     interval_note: str
     study_table: pd.DataFrame
     image_table: pd.DataFrame
+    views_table: pd.DataFrame  # study metrics by number of views (empty for a report of an earlier version)
     calibration_table: pd.DataFrame
     calibration_note: str
 
@@ -179,6 +180,12 @@ def report_sections(content: ReportContent, run_dir: Path) -> list[Section]:
             table_html(content.image_table),
         ]),
     ]
+    if not content.views_table.empty:  # after the study level (a report of an earlier version has none)
+        sections.insert(2, Section("views", "By views", "Study level by number of views", [
+            _note("A study is abnormal when any of its views shows it; a model that fails on single-view studies shows "
+                  "it here, whatever its overall numbers."),
+            table_html(content.views_table),
+        ]))
     training = []
     if (run_dir / SPLIT_TABLE).is_file():
         split = pd.read_csv(run_dir / SPLIT_TABLE, keep_default_na=False)

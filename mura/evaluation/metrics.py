@@ -260,7 +260,8 @@ def metrics_report(
     """{"study": {"overall": M, "XR_WRIST": M, ...}, "image": {...}} from an image table (IMAGE_COLUMNS).
 
     `images` needs a `patient` column (a patient id per image). Per level and group, the 95% CIs come from
-    `bootstrap` resamples of that group's patients (0: no bootstrap, the intervals are None).
+    `bootstrap` resamples of that group's patients (0: no bootstrap, the intervals are None). `views` holds the study
+    metrics by number of views per study (VIEW_GROUPS), overall included.
     """
     if "patient" not in images.columns:
         raise ValueError(
@@ -272,14 +273,26 @@ def metrics_report(
     if len(images) and images.groupby("study_idx")["patient"].nunique().max() > 1:
         raise ValueError("metrics_report: a study's images carry more than one patient id")
     report: dict[str, dict[str, dict]] = {}
-    for level, table in (("study", aggregate_studies(images)), ("image", images)):
-        groups = [("overall", table), *((part, frame) for part, frame in table.groupby("body_part", sort=True))]
+    studies = aggregate_studies(images)
+    views = studies["n_views"].map(views_group)
+    for level, table, by in (("study", studies, studies["body_part"]), ("image", images, images["body_part"]),
+                             ("views", studies, views)):
+        groups = [("overall", table), *((name, table[by == name]) for name in sorted(by.unique()) if (by == name).any())]
         report[level] = {
             name: binary_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy(), threshold,
                                  frame["patient"].to_numpy(), bootstrap, seed)
             for name, frame in groups
         }
     return report
+
+
+VIEW_GROUPS = ("1", "2", "3", "4+")  # views in a study: MURA's studies hold 1 to 11, most of them 2 to 4
+
+
+def views_group(n_views: int) -> str:
+    """The subgroup of a study by its number of views (report["views"]): a model that fails on single-view studies
+    is seen failing there, whatever its overall numbers."""
+    return VIEW_GROUPS[min(int(n_views), 4) - 1]
 
 
 def format_metric(value: float | None) -> str:
@@ -298,7 +311,8 @@ def flatten_for_logging(report: dict, prefix: str) -> dict[str, float]:
     one (AUROC of a one-class split, say) is logged as NaN rather than left out, so a checkpoint or early-stopping
     rule that monitors it sees "undefined this epoch", not a missing key."""
     flat = {}
-    for level, groups in report.items():
+    # Study and image level: the views breakdown is for reports and metrics.json, not every epoch's log
+    for level, groups in ((level, report[level]) for level in ("study", "image")):
         for group, metrics in groups.items():
             scope = f"{prefix}/{level}" if group == "overall" else f"{prefix}/{level}/{group}"
             for name in LOGGED_METRICS:

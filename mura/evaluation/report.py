@@ -161,6 +161,7 @@ def report_content(report: dict, title: str, split_description: str, checkpoints
         title=title, split_description=split_description, checkpoints=list(checkpoints), threshold=threshold,
         comparison=comparison_table(report), comparison_note=comparison_note(), interval_note=interval_note(report),
         study_table=metrics_table(report, "study"), image_table=metrics_table(report, "image"),
+        views_table=metrics_table(report, "views") if "views" in report else pd.DataFrame(),
         calibration_table=calibration_table(report), calibration_note=calibration_note(report),
     )
 
@@ -183,6 +184,10 @@ def report_markdown(content: ReportContent) -> str:
         "## Study level",
         "",
         content.study_table.to_markdown(index=False),
+        "",
+        "## Study level by number of views (a model that fails on single-view studies shows it here)",
+        "",
+        content.views_table.to_markdown(index=False) if not content.views_table.empty else "(not computed)",
         "",
         "## Image level (for comparison with image-level numbers such as the seed notebook's accuracy)",
         "",
