@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 
 from mura.callbacks.gradcam import GradCamGallery
-from mura.data.transforms import resize_square
-from mura.inference.explain import maps_on_radiographs, save_figure, shown_size, study_heatmap_figure
+from mura.data.transforms import fitted_size, resize_square
+from mura.inference.explain import maps_on_radiographs, save_figure, study_heatmap_figure
 from mura.inference.study_files import predict_study
 from mura.models.classifier import MuraClassifier
 
@@ -103,7 +103,7 @@ def test_a_pad_map_is_cut_to_where_resize_square_put_the_radiograph(shape: tuple
     over the radiograph (and zeros over the padding) gives back is ones only, at the radiograph's shown size."""
     where = resize_square(torch.full((1, *shape), 255, dtype=torch.uint8), IMAGE_SIZE, "pad")[0].numpy() / 255
     cut = maps_on_radiographs(where[None], [shape], "pad")[0]
-    assert cut.shape == shown_size(*shape, IMAGE_SIZE)
+    assert cut.shape == fitted_size(*shape, IMAGE_SIZE)
     assert np.all(cut == 1) and cut.sum() == where.sum()
 
 

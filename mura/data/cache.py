@@ -124,10 +124,11 @@ def open_or_build_cache(
         if meta_path.is_file() and array_path.is_file():
             return ImageCache(array_path, json.loads(meta_path.read_text()))
         meta = _build(root, paths, image_size, resize_mode, array_path, workers, progress)
-    # Its presence marks a complete cache: written whole (a reader never parses half of it), last
-    partial_meta = meta_path.with_name(f"{meta_path.name}.partial-{os.getpid()}")
-    partial_meta.write_text(json.dumps(meta))
-    os.replace(partial_meta, meta_path)
+        # Its presence marks a complete cache: written whole (a reader never parses half of it), last, and before the
+        # lock goes (a job waiting on it then finds the cache complete instead of building it again)
+        partial_meta = meta_path.with_name(f"{meta_path.name}.partial-{os.getpid()}")
+        partial_meta.write_text(json.dumps(meta))
+        os.replace(partial_meta, meta_path)
     return ImageCache(array_path, meta)
 
 

@@ -58,12 +58,17 @@ def resize_square(image: torch.Tensor, image_size: int, mode: str = "squash") ->
         return v2.functional.resize(image, [image_size, image_size], antialias=True)
     if mode != "pad":
         raise ValueError(f"data.resize must be one of {RESIZE_MODES}, not {mode!r}")
-    height, width = image.shape[-2:]
-    scale = image_size / max(height, width)
-    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
+    new_height, new_width = fitted_size(*image.shape[-2:], image_size)
     resized = v2.functional.resize(image, [new_height, new_width], antialias=True)
     # Centre cropping to a larger size pads with black, the extra pixel (odd margins) right and bottom.
     return v2.functional.center_crop(resized, [image_size, image_size])
+
+
+def fitted_size(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """A height x width image's size with its longest side image_size, its proportions kept: where `resize_square`'s pad
+    mode puts it in the square (centred, the odd pixel of padding right and bottom)."""
+    scale = image_size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 class ResizeSquare(nn.Module):

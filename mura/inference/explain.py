@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional
 from torchvision.transforms.v2.functional import resize as resize_image
 
-from mura.data.transforms import RESIZE_MODES
+from mura.data.transforms import RESIZE_MODES, fitted_size
 from mura.models.backbones import gradcam_layer
 
 if TYPE_CHECKING:
@@ -183,23 +183,16 @@ def overlay_figure(
     return figure
 
 
-def shown_size(height: int, width: int, image_size: int) -> tuple[int, int]:
-    """A radiograph's size with its longest side image_size, its proportions kept: where `resize_square`'s pad mode
-    puts it in the network's input (mura/data/transforms.py, the same rounding)."""
-    scale = image_size / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def maps_on_radiographs(maps: np.ndarray, shapes: Sequence[tuple[int, int]], resize_mode: str) -> list[np.ndarray]:
     """Heat maps of the network's square input (N x S x S) in the geometry of each view's radiograph (height, width
-    in `shapes`), at `shown_size`: in pad mode the map of the padded square is cut to where the radiograph lies in
+    in `shapes`), at `fitted_size`: in pad mode the map of the padded square is cut to where the radiograph lies in
     it (the padding is black the network saw, not anatomy); in squash mode the map of the stretched square is
     stretched back to the radiograph's proportions. A radiologist reads the radiograph as it was taken, so the map
     goes to it rather than the radiograph to the square."""
     image_size = maps.shape[-1]
     placed = []
     for heat, (height, width) in zip(maps, shapes, strict=True):
-        shown_height, shown_width = shown_size(height, width, image_size)
+        shown_height, shown_width = fitted_size(height, width, image_size)
         if resize_mode == "pad":
             # resize_square centres the radiograph and puts an odd pixel of padding right and bottom
             top, left = (image_size - shown_height) // 2, (image_size - shown_width) // 2
@@ -226,7 +219,7 @@ def study_heatmap_figure(
     maps, probabilities = gradcam_maps(model.network, inputs)
     image_size = inputs.shape[-1]
     # At the network's resolution: in pad mode exactly the pixels it saw, the padding left out.
-    shown = [resize_image(torch.from_numpy(pixels)[None], list(shown_size(*pixels.shape, image_size)),
+    shown = [resize_image(torch.from_numpy(pixels)[None], list(fitted_size(*pixels.shape, image_size)),
                           antialias=True)[0].numpy() for pixels in radiographs]
     heat = maps_on_radiographs(maps, [pixels.shape for pixels in radiographs], model.hparams.resize)
     return overlay_figure(shown, heat, probabilities, title.format(probability=probabilities.mean())), probabilities
