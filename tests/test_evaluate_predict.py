@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from sklearn.metrics import cohen_kappa_score
 
 from conftest import CONF_DIR, compose_config
 from mura.app.errors import CheckpointError, ConfigError
@@ -138,6 +139,18 @@ def test_the_validation_split_is_the_training_runs_own(trained_run, wrist_hand_r
     scored = pd.read_csv(tmp_path / "val" / "predictions.csv")
     assert set(scored["study"]) == set(trained.loc[trained["split"] == "val", "study"])
     assert (scored["patient"] == scored["study"].str.split("/").str[2]).all()  # MURA's patient ids, not an index
+    # Training wrote the same predictions of its selected checkpoint (what mura.compare pools over folds) ...
+    written = pd.read_csv(run_dir / "val_predictions.csv").set_index("study")
+    assert list(written.columns) == list(scored.set_index("study").columns)
+    assert np.allclose(written.loc[scored["study"], "probability"], scored["probability"], atol=1e-6)
+    images = pd.read_csv(run_dir / "val_predictions_images.csv")
+    assert set(images["path"]) == set(trained.loc[trained["split"] == "val", "path"])
+    # ... whose kappa is the one the fit logged at the selected epoch; the history holds the fit's epochs only.
+    selected = json.loads((run_dir / "selection.json").read_text())["epoch"]
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1]
+    logged = history[selected]["val/study/kappa"]
+    assert cohen_kappa_score(written["label"], written["prediction"]) == pytest.approx(logged, abs=1e-6)
     for override in ("data.split_seed=999", "data.val_fraction=0.5"):
         with pytest.raises(ConfigError, match="differs from the training run's"):
             evaluate(evaluate_config(synthetic_root, tmp_path / "other", best, "eval.split=val", override))

@@ -215,6 +215,10 @@ def test_two_devices_asked_the_plain_lightning_way_give_exactly_the_single_proce
     assert ddp_report["study"]["overall"]["n"] == test["study"].nunique()
     val_studies = splits.loc[splits["split"] == "val", "study"].nunique()
     assert f"({val_studies} studies)" in result.stderr.split("epoch 0 val:")[1].splitlines()[0]
+    # The selected checkpoint's validation predictions, gathered from both processes: every study once.
+    written = pd.read_csv(run_dir / "val_predictions.csv")
+    assert sorted(written["study"]) == sorted(splits.loc[splits["split"] == "val", "study"].unique())
+    assert len(pd.read_csv(run_dir / "val_predictions_images.csv")) == (splits["split"] == "val").sum()
     from mura.evaluate import evaluate
 
     single_report = evaluate(compose_config([f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.root={synthetic_root}",

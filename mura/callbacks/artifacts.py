@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 RUN_FILES = (
     "config.yaml", ".hydra/overrides.yaml", "curves.png", "history.json",
     "metrics.json", "report.md", "report.html", "roc.png", "confusion.png", "calibration.png",
-    "predictions.csv", "predictions_images.csv", "predictions_official.csv",
+    "predictions.csv", "predictions_images.csv", "predictions_official.csv", "val_predictions.csv",
+    "val_predictions_images.csv",
     "splits.csv", "split_table.csv", "split_table.md", "selection.json", "skipped_images.txt",
 )
 # Lightning's MLFlowLogger keeps the first 250 characters of a parameter value and drops the rest without a word;

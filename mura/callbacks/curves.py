@@ -49,7 +49,8 @@ class LearningCurves(pl.Callback):
         self.history: list[dict[str, float]] = []
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # The fit's epochs only: mura.train scores the selected checkpoint's validation predictions again after it.
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         started = time.perf_counter()
         metrics = trainer.callback_metrics

@@ -172,14 +172,13 @@ class MuraClassifier(pl.LightningModule):
         if stage != "train":
             study = report["study"]["overall"]
             scored = f"epoch {self.current_epoch} {stage}"
-            if stage == "test":  # the checkpoint tested (mura.train's selected one), not the epoch the trainer is at
-                tested = self.trainer.ckpt_path
-                if tested:
+            if self.trainer.state.fn != TrainerFn.FITTING:  # the checkpoint scored (mura.train's selected one), not
+                what = "test" if stage == "test" else "validation"  # the epoch the trainer is at
+                scored = f"{what} of the weights in memory"
+                if self.trainer.ckpt_path:
                     from mura.models.checkpoint import checkpoint_epoch  # here: that module imports this one
 
-                    scored = f"test of {Path(tested).name} (epoch {checkpoint_epoch(tested)})"
-                else:
-                    scored = "test of the weights in memory"
+                    scored = f"{what} of {Path(self.trainer.ckpt_path).name} (epoch {checkpoint_epoch(self.trainer.ckpt_path)})"
             log.info("%s: loss %.4f, study kappa %s, study AUROC %s (%d studies)", scored, loss.item(),
                      format_metric(study["kappa"]), format_metric(study["auroc"]), study["n"])
 
