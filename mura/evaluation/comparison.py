@@ -317,7 +317,7 @@ def comparison_markdown(table: pd.DataFrame, runs: dict[str, str], baseline: str
         "",
     ]
     for name, rows in table.groupby("run", sort=False):
-        lines += [f"## {name} - {baseline}", "", _run_table(rows).to_markdown(index=False, disable_numparse=True), ""]
+        lines += [f"## {name} - {baseline}", "", difference_table(rows).to_markdown(index=False, disable_numparse=True), ""]
     lines += [
         f"Differences are run - baseline. 95% intervals: percentile paired bootstrap over patients ({replicates:,} "
         f"replicates, seed {seed}; both runs' studies of a patient drawn together, each body part resampling its own "
@@ -333,22 +333,22 @@ def comparison_markdown(table: pd.DataFrame, runs: dict[str, str], baseline: str
     return "\n".join(lines) + "\n"
 
 
-def _run_table(rows: pd.DataFrame) -> pd.DataFrame:
+def difference_table(rows: pd.DataFrame) -> pd.DataFrame:
     """A row per group: studies, then per metric `difference (interval)` and `p raw / Holm`."""
     out = []
     for group, metrics in rows.groupby("group", sort=False):
         row = {"body part": group, "studies": str(metrics["studies"].iloc[0])}
         for metric in metrics.itertuples():
             name = METRIC_NAMES[metric.metric]
-            row[f"Δ {name} (95% CI)"] = (f"{_signed(metric.difference)} "
+            row[f"Δ {name} (95% CI)"] = (f"{signed(metric.difference)} "
                                          f"({_interval(metric.ci_low, metric.ci_high)})")
             star = " *" if metric.p_holm < SIGNIFICANCE else ""
-            row[f"p {name}"] = f"{_p(metric.p_value)} / {_p(metric.p_holm)}{star}"
+            row[f"p {name}"] = f"{p_text(metric.p_value)} / {p_text(metric.p_holm)}{star}"
         out.append(row)
     return pd.DataFrame(out)
 
 
-def _signed(value: float) -> str:
+def signed(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{value:+.3f}"
 
 
@@ -356,7 +356,7 @@ def _interval(low: float, high: float) -> str:
     return format_interval(None if np.isnan(low) else low, None if np.isnan(high) else high)
 
 
-def _p(value: float) -> str:
+def p_text(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{value:.3g}"
 
 
