@@ -39,10 +39,15 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodules = {}  # one per preprocessing: an ensemble of one recipe reads the index once
     for path in checkpoints:
         model = load_classifier(path, device)
-        preprocessing = (model.hparams.image_size, model.hparams.recipe, model.hparams.in_channels, model.hparams.resize)
+        # A study model reads batches of studies, a view model batches of images: an ensemble may mix them (their
+        # views' rows carry each model's study probability or view probability; the study means average those).
+        pooling = "study" if model.is_study_model else "mean"
+        preprocessing = (model.hparams.image_size, model.hparams.recipe, model.hparams.in_channels, model.hparams.resize,
+                         pooling)
         if preprocessing not in datamodules:
             with open_dict(cfg):
-                cfg.data.image_size, cfg.data.recipe, cfg.data.channels, cfg.data.resize = preprocessing
+                (cfg.data.image_size, cfg.data.recipe, cfg.data.channels, cfg.data.resize,
+                 cfg.data.study_pooling) = (*preprocessing[:4], model.hparams.study_pooling)
             datamodules[preprocessing] = instantiate(cfg.data)
             refuse_writes_inside(datamodules[preprocessing].root, {"paths.output_dir": cfg.paths.output_dir})
             datamodules[preprocessing].setup(splits=(split,))

@@ -193,14 +193,16 @@ def test_sampler_depends_only_on_seed_epoch_and_index():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("asked", [["trainer.accelerator=cpu", "trainer.devices=2"], ["trainer=ddp"]],
-                         ids=["devices=2", "trainer=ddp"])
+@pytest.mark.parametrize("asked", [["trainer.accelerator=cpu", "trainer.devices=2"], ["trainer=ddp"],
+                                   ["trainer.accelerator=cpu", "trainer.devices=2", "model.study_pooling=attention", "data.batch_size=4"]],
+                         ids=["devices=2", "trainer=ddp", "devices=2-study_model"])
 def test_two_devices_asked_the_plain_lightning_way_give_exactly_the_single_process_metrics(synthetic_root: Path, tmp_path: Path,
                                                                                           asked: list[str]):
     """Two processes, every image scored once, asked as Lightning users do (trainer.devices=2 on the default trainer
     config: Lightning's distributed sampler used to wrap ours and shard the shards, each process saw a quarter) or with
     the README's trainer=ddp (synchronised BatchNorm, which torch runs on CUDA only: off on this CPU, said once; it
-    ended every process in a traceback)."""
+    ended every process in a traceback). A study model's batches of whole studies are sharded alike: each study
+    scored once."""
     run_dir = tmp_path / "two_devices"
     # Six body parts leave 31 test images on the tiny tree: an odd count, so the two ranks' shards are padded.
     parts = "data.body_parts=[XR_ELBOW,XR_FINGER,XR_FOREARM,XR_HAND,XR_HUMERUS,XR_SHOULDER]"

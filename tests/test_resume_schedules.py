@@ -31,13 +31,14 @@ class StopAtStep(pl.Callback):
             raise _Stopped
 
 
-def _overrides(root: Path, output_dir: Path, schedule: str, ema: bool) -> list[str]:
+def _overrides(root: Path, output_dir: Path, schedule: str, ema: bool, pooling: str = "mean") -> list[str]:
     return [
         *tiny_training_overrides(root, output_dir), "data.image_size=32", "data.num_workers=2", "data.cache=false",
         "data.augment_on_device=false", "data.body_parts=[XR_WRIST,XR_HAND,XR_ELBOW]", "test=false",
         "callbacks.gradcam=null", "callbacks.learning_curves=null", "callbacks.lr_monitor=null", "callbacks.timings=null",
         "++trainer.num_sanity_val_steps=0", "trainer.max_epochs=2", "trainer.deterministic=true",
         f"model/scheduler={schedule}", *(["model.ema.decay=0.9", "model.ema.start_step=2"] if ema else []),
+        f"model.study_pooling={pooling}",
     ]
 
 
@@ -55,17 +56,24 @@ def _epoch_rows(run: Path) -> list[float]:
     return rows[["epoch", "step", "val/loss", "val/study/auroc"]].to_numpy(dtype=float).ravel().tolist()
 
 
+# Every schedule with and without EMA on the view model, and a study model (attention over batches of whole studies,
+# each view with its own augmentation draw) with the per-step schedule and EMA.
+CASES = [*((schedule, ema, "mean") for schedule in ("none", "plateau", "cosine", "warmup_cosine") for ema in (False, True)),
+         ("warmup_cosine", True, "attention")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
-@pytest.mark.parametrize("schedule", ["none", "plateau", "cosine", "warmup_cosine"])
-def test_every_schedule_resumes_as_the_uninterrupted_run(synthetic_root: Path, tmp_path: Path, schedule: str, ema: bool):
+@pytest.mark.parametrize(("schedule", "ema", "pooling"), CASES,
+                         ids=[f"{schedule}-{'ema' if ema else 'plain'}-{pooling}" for schedule, ema, pooling in CASES])
+def test_every_schedule_resumes_as_the_uninterrupted_run(synthetic_root: Path, tmp_path: Path, schedule: str, ema: bool,
+                                                         pooling: str):
     straight = tmp_path / "straight"
-    expected = train(compose_config(_overrides(synthetic_root, straight, schedule, ema)))
+    expected = train(compose_config(_overrides(synthetic_root, straight, schedule, ema, pooling)))
     per_epoch = int(torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]) // 2
     stop = per_epoch + per_epoch // 2  # the middle of the second epoch
 
     stopped = tmp_path / "stopped"
-    cfg = compose_config([*_overrides(synthetic_root, stopped, schedule, ema), f"+callbacks.stop._target_={__name__}.StopAtStep",
+    cfg = compose_config([*_overrides(synthetic_root, stopped, schedule, ema, pooling), f"+callbacks.stop._target_={__name__}.StopAtStep",
                           f"+callbacks.stop.step={stop}"])
     with pytest.raises(_Stopped):
         train(cfg)
@@ -79,7 +87,7 @@ def test_every_schedule_resumes_as_the_uninterrupted_run(synthetic_root: Path, t
         shutil.copytree(saved, stopped)
         if resumed_from == "last.ckpt":  # as SIGKILL leaves it: no interruption checkpoint, last.ckpt of the first epoch
             (stopped / "checkpoints" / "interrupted.ckpt").unlink()
-        resumed = train(compose_config([*_overrides(synthetic_root, stopped, schedule, ema), "ckpt_path=last"]))
+        resumed = train(compose_config([*_overrides(synthetic_root, stopped, schedule, ema, pooling), "ckpt_path=last"]))
         for key in ("val/loss", "val/study/kappa", "val/study/auroc", "selection/score"):
             assert resumed[key] == pytest.approx(expected[key], abs=1e-6, nan_ok=True), (resumed_from, key)
         # Its CSV log holds every epoch, as the uninterrupted run's (Lightning deleted the earlier epochs' rows)

@@ -34,9 +34,11 @@ from mura.data.split import (
     split_mismatch,
     split_table,
 )
+from mura.data.study_batches import MuraStudyDataset, collate_studies
 from mura.data.synthetic import choose_data_root, ensure_synthetic
 from mura.data.transforms import RESIZE_MODES, ResizeSquare, build_transforms
 from mura.data.verify import find_unreadable
+from mura.models.study_pooling import STUDY_MODELS, STUDY_POOLINGS
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ class MuraDataModule(pl.LightningDataModule):
         cache: decode and resize every image once into a memory-mapped file under `cache_dir` (mura.data.cache).
         augment_on_device: hand out resized uint8 images; the model augments and normalises whole batches on
             its device (mura.data.device_augment).
+        study_pooling: the model's (mura.models.study_pooling): "mean", a view model, gets batches of images; "max"
+            and "attention", study models, get batches of whole studies (`batch_size` studies, mura.data.study_batches),
+            a training study of more than `study_max_views` views drawing that many each epoch.
     """
 
     def __init__(
@@ -94,6 +99,8 @@ class MuraDataModule(pl.LightningDataModule):
         augment_on_device: bool = False,
         synthetic: dict[str, Any] | None = None,
         splits_dir: str | None = None,
+        study_pooling: str = "mean",
+        study_max_views: int | None = 4,
     ):
         super().__init__()
         if resize not in RESIZE_MODES:
@@ -119,6 +126,10 @@ class MuraDataModule(pl.LightningDataModule):
         self.cache = cache
         self.cache_dir = cache_dir
         self.augment_on_device = augment_on_device
+        if study_pooling not in STUDY_POOLINGS:
+            raise MuraDataError(f"model.study_pooling must be one of {STUDY_POOLINGS}, not {study_pooling!r}")
+        self.study_batches = study_pooling in STUDY_MODELS
+        self.study_max_views = study_max_views
         self._caches: dict[str, ShardedImageCache] = {}
         self._cache_shards: dict[tuple[str, str], ImageCache] = {}  # (official split, body part) -> its opened shard
         self._listed: pd.DataFrame | None = None
@@ -295,7 +306,14 @@ class MuraDataModule(pl.LightningDataModule):
             counts[body_part] = {"normal": int((labels == 0).sum()), "abnormal": int((labels == 1).sum())}
         return counts
 
-    def dataset(self, split: str, augment: bool) -> MuraImageDataset:
+    def train_study_counts(self) -> dict[str, dict[str, int]]:
+        """Normal and abnormal study counts per body part in the training split (a study model's loss weights)."""
+        train = self.studies[self.studies["split"] == "train"]
+        return {part: {"normal": int(((train["body_part"] == part) & (train["label"] == 0)).sum()),
+                       "abnormal": int(((train["body_part"] == part) & (train["label"] == 1)).sum())}
+                for part in BODY_PARTS}
+
+    def dataset(self, split: str, augment: bool) -> MuraImageDataset | MuraStudyDataset:
         frame = self.split_frame(split)
         if frame.empty:
             raise MuraDataError(_empty_split_message(split, self.root, self.body_parts, self.cv_folds))
@@ -307,7 +325,8 @@ class MuraDataModule(pl.LightningDataModule):
         else:
             transform = build_transforms(self.recipe, self.image_size, self.channels, train=augment, resize=cache is None,
                                          resize_mode=self.resize)
-        return MuraImageDataset(frame, self.root, transform, on_bad_image=self.on_bad_image, cache=cache)
+        images = MuraImageDataset(frame, self.root, transform, on_bad_image=self.on_bad_image, cache=cache)
+        return MuraStudyDataset(images, frame, self.study_max_views) if self.study_batches else images
 
     def image_cache(self, split: str) -> ShardedImageCache:
         """The split's decode-once cache: the shards (official split x body part, mura.data.cache) its images lie in,
@@ -335,9 +354,9 @@ class MuraDataModule(pl.LightningDataModule):
         # One batch shape per loader: a new shape makes cuDNN's autotuning start over (epoch 0 took 57 s against
         # 2 s for later ones on an H100). Training drops its last partial batch (another order next epoch, so no
         # image is left out for good); evaluation repeats a few images to fill its last one (counted once).
-        drop_last = training and len(dataset) > batch_size
         sampler = SeededSampler(len(dataset), self.seed, shuffle=shuffle, augment=augment,
                                 pad_to_multiple=1 if training else batch_size)
+        drop_last = training and len(sampler) > batch_size  # this process's share: under DDP, 1/world of the split
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -345,7 +364,7 @@ class MuraDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            collate_fn=collate_samples,
+            collate_fn=collate_studies if self.study_batches else collate_samples,
             drop_last=drop_last,
         )
 

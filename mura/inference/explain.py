@@ -144,7 +144,8 @@ def _scale_note_lines(inches: float) -> tuple[str, ...]:
 
 
 def overlay_figure(
-    radiographs: Sequence[np.ndarray], maps: Sequence[np.ndarray], probabilities: np.ndarray, title: str
+    radiographs: Sequence[np.ndarray], maps: Sequence[np.ndarray], probabilities: np.ndarray, title: str,
+    weights: np.ndarray | None = None,
 ) -> Figure:
     """The views of one study side by side, each heat map over its radiograph (the same shape: jet at alpha 0.4, as
     the seed), with a colour bar and a note saying what the colours mean (`SCALE_NOTE`).
@@ -153,7 +154,8 @@ def overlay_figure(
     with `save_figure`, hand it to TensorBoard's `add_figure`, or `display` it in a notebook. The title and the note
     are wrapped to the figure's width, so they are whole for any number of views. A view keeps its proportions inside
     its square panel. The panels sit at fixed places, computed here: a layout engine would draw every figure twice (a
-    gallery is 14 of them, drawn during training)."""
+    gallery is 14 of them, drawn during training). `weights`: a study model's weight of each view in the study,
+    shown beside the view's own probability."""
     count = len(radiographs)
     width = max(PANEL_INCHES * count, MIN_WIDTH_INCHES) + COLORBAR_INCHES
     lines = wrap_to_width(title, width * TITLE_FILL, TITLE_POINTS)
@@ -170,7 +172,10 @@ def overlay_figure(
                                 side / width, side / height))
         axis.imshow(radiograph, cmap="gray", vmin=0, vmax=255)
         heat_image = axis.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        axis.set_title(f"p(abnormal) = {probability:.2f}", fontsize=PANEL_TITLE_POINTS)
+        caption = f"p(abnormal) = {probability:.2f}"
+        if weights is not None:  # a study model: the view's own probability, and its share of the study's
+            caption = f"view p = {probability:.2f}, weight {weights[index]:.2f}"
+        axis.set_title(caption, fontsize=PANEL_TITLE_POINTS)
         axis.set_anchor("N")  # a wide view at the top of its panel: the views' titles on one line
         axis.set_axis_off()
     bar = figure.add_axes(((left + count * PANEL_INCHES + PANEL_GAP_INCHES) / width, bottom / height,
@@ -213,16 +218,21 @@ def study_heatmap_figure(
     """Grad-CAM of every view of one study (uint8 H x W radiographs, as `load_grayscale` gives them) over its
     radiograph, and the views' probabilities. The model's own preprocessing and resize mode (`eval_transform`,
     `hparams.resize`) make its input, so the map is drawn where the network saw what it weighs. `title` may hold
-    `{probability}`: the study's probability (mean of its views)."""
+    `{probability}`: the study's probability (a view model's: the mean of its views'; a study model's: its pooled
+    one, and each view's panel also shows the view's weight in it, so a reader sees which view decided)."""
     transform = model.eval_transform()
     inputs = torch.stack([transform(torch.from_numpy(pixels).unsqueeze(0)) for pixels in radiographs])
     maps, probabilities = gradcam_maps(model.network, inputs)
+    study_probability, weights = probabilities.mean(), None
+    if model.is_study_model:  # a second pass, through the pooling (the maps are of each view's own logit)
+        study_probability, _, weights = model.score_study(inputs.to(next(model.parameters()).device))
     image_size = inputs.shape[-1]
     # At the network's resolution: in pad mode exactly the pixels it saw, the padding left out.
     shown = [resize_image(torch.from_numpy(pixels)[None], list(fitted_size(*pixels.shape, image_size)),
                           antialias=True)[0].numpy() for pixels in radiographs]
     heat = maps_on_radiographs(maps, [pixels.shape for pixels in radiographs], model.hparams.resize)
-    return overlay_figure(shown, heat, probabilities, title.format(probability=probabilities.mean())), probabilities
+    figure = overlay_figure(shown, heat, probabilities, title.format(probability=study_probability), weights)
+    return figure, probabilities
 
 
 def save_figure(figure: Figure, path: Path) -> None:

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,9 @@ from mura import __version__
 from mura.app.errors import ConfigError
 from mura.data.device_augment import DeviceAugmentation
 from mura.data.transforms import imagenet_normalize
+from mura.models.backbones import classifier_head, view_embedding
 from mura.models.classifier import MuraClassifier
+from mura.models.study_pooling import StudyPooling
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 ONNX_OPSET = 18
 # The batch size the graph is recorded with; checks then run another, so a batch dimension frozen by mistake fails.
 EXAMPLE_BATCH = 2
+STUDY_CHECK_VIEWS = (1, 2, 5)  # a study model's file is checked on studies of these many views
 
 
 class ExportMismatchError(RuntimeError):
@@ -65,10 +69,27 @@ class DeployableClassifier(nn.Module):
         return logit, torch.sigmoid(logit)
 
 
+class DeployableStudyClassifier(DeployableClassifier):
+    """A study model's: one study's V x 1 x S x S views (V dynamic) -> (logit, probability) of the study, 1 each: the
+    views embedded by the backbone and pooled (mura.models.study_pooling)."""
+
+    def __init__(self, network: nn.Module, pooling: StudyPooling, normalization: DeviceAugmentation, image_size: int):
+        super().__init__(network, normalization, image_size)
+        self.pooling = pooling
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = view_embedding(self.network, self.normalization.normalize(images, self.standardize_floor))
+        logit, _ = self.pooling.single_study(embeddings, classifier_head(self.network))
+        return logit, torch.sigmoid(logit)
+
+
 def deployable(model: MuraClassifier) -> DeployableClassifier:
     """The exported module, on the CPU, in eval mode; a copy, so the caller's model stays where it was."""
     network = copy.deepcopy(model.network).to("cpu").eval()
     normalization = copy.deepcopy(model.device_augmentation).to("cpu")
+    if model.is_study_model:
+        pooling = copy.deepcopy(model.pooling).to("cpu").eval()
+        return DeployableStudyClassifier(network, pooling, normalization, model.hparams.image_size).eval()
     return DeployableClassifier(network, normalization, model.hparams.image_size).eval()
 
 
@@ -122,7 +143,7 @@ def export_onnx(model: MuraClassifier, path: str | Path) -> Path:
             opset_version=ONNX_OPSET,
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+            dynamic_shapes={"images": {0: torch.export.Dim(_first_axis(model), min=1)}},
             external_data=False,
         )
     program.save(str(path), external_data=False)
@@ -147,19 +168,36 @@ def run_exported(path: str | Path, images: torch.Tensor) -> dict[str, torch.Tens
     return dict(zip(OUTPUT_NAMES, outputs, strict=True))
 
 
+def _first_axis(model: MuraClassifier) -> str:
+    """The exported input's first axis: a batch of images, or a study model's one study's views."""
+    return "views" if model.is_study_model else "batch"
+
+
 def reference_logits(model: MuraClassifier, images: torch.Tensor) -> torch.Tensor:
-    """PyTorch's logits by the classifier's own evaluation pipeline, less the resize the images already had."""
+    """PyTorch's logits by the classifier's own evaluation pipeline, less the resize the images already had: one per
+    image, or a study model's one for the study the images are the views of."""
     transform = model.eval_transform(resize=False)
     device = next(model.parameters()).device
     with torch.inference_mode():
         batch = torch.stack([transform(image) for image in images]).to(device)
+        if model.is_study_model:
+            count = torch.arange(len(batch), device=device)
+            return model.study_forward(batch, torch.zeros_like(count), count, 1)[0].cpu()
         return model(batch).cpu()
 
 
 def check_export(model: MuraClassifier, path: str | Path, images: torch.Tensor) -> float:
     """The largest absolute difference between the exported file's outputs and PyTorch's on `images`, over both the
     logits and the probabilities (float64 sigmoid, as `mura.predict`): probabilities alone hide any difference
-    where they saturate."""
+    where they saturate. A study model's file is checked on studies of 1, 2 and 5 of the images' views (more
+    images than it has: repeated)."""
+    if model.is_study_model:
+        repeated = images.repeat(math.ceil(max(STUDY_CHECK_VIEWS) / len(images)), 1, 1, 1)
+        return max(_difference(model, path, repeated[:views]) for views in STUDY_CHECK_VIEWS)
+    return _difference(model, path, images)
+
+
+def _difference(model: MuraClassifier, path: str | Path, images: torch.Tensor) -> float:
     exported = run_exported(path, images)
     logits = reference_logits(model, images).double()
     if exported["logit"].shape != logits.shape:
@@ -203,7 +241,7 @@ def preprocessing_contract(model: MuraClassifier, checkpoint_path: str | Path) -
             "formula": "(x - mean(x)) / max(std(x), min_std) over the image's pixels; std divides by the pixel count",
             "min_std": 1.0 / size,
         }
-    return {
+    contract = {
         "contract_format": CONTRACT_FORMAT,
         "mura_version": __version__,
         "backbone": hparams.backbone,
@@ -236,6 +274,17 @@ def preprocessing_contract(model: MuraClassifier, checkpoint_path: str | Path) -
         "decision": "a study is abnormal when its probability > threshold",
         "study_rule": "a study's probability is the mean of its views' (images') probabilities",
     }
+    if model.is_study_model:  # one study in, its probability out
+        contract["input"]["shape"] = ["views", 1, size, size]
+        contract["input"]["layout"] = "NCHW, one grayscale channel; N: the views of ONE study (1 or more)"
+        contract["network_input_shape"] = ["views", channels, size, size]
+        contract["outputs"] = {
+            "logit": {"shape": [1], "dtype": "float32", "meaning": "the logit of 'abnormal' of the study"},
+            "probability": {"shape": [1], "dtype": "float32", "formula": "sigmoid(logit)"},
+        }
+        contract["study_rule"] = (f"the model pools the study's views itself ({hparams.study_pooling} pooling over "
+                                  "the views' embeddings); pass every view of one study at a time")
+    return contract
 
 
 def _file_description(path: Path, export_format: str) -> dict:
@@ -274,5 +323,7 @@ def export_with_contract(
             )
         contract["check"] = {"images": check_images, "max_abs_difference": difference, "of": list(OUTPUT_NAMES),
                              "tolerance": tolerance}
+        if model.is_study_model:
+            contract["check"]["studies_of_views"] = list(STUDY_CHECK_VIEWS)
     contract_path.write_text(json.dumps(contract, indent=2) + "\n")
     return model_path, contract_path

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mura.data.index import BODY_PARTS
+from mura.data.study_batches import per_view
 from mura.models.classifier import MuraClassifier
 
 log = logging.getLogger(__name__)
@@ -52,18 +53,20 @@ def predict_images(
             images = batch["image"].to(device, non_blocking=True)
             if images.dtype == torch.uint8:  # data.augment_on_device: normalised here, on the device
                 images = model.preprocess(images)
-            # float64 sigmoid of the float32 logit: the same numbers training's test step reports.
-            probability = torch.sigmoid(model(images).double())
+            # float64 sigmoid of the float32 logit: the same numbers training's test step reports. A study model's
+            # views each carry their study's (MuraClassifier.batch_logits).
+            probability = torch.sigmoid(model.batch_logits({**batch, "image": images})[1].double())
             if tta_flip:
-                probability = (probability + torch.sigmoid(model(torch.flip(images, dims=[-1])).double())) / 2
+                flipped = {**batch, "image": torch.flip(images, dims=[-1])}
+                probability = (probability + torch.sigmoid(model.batch_logits(flipped)[1].double())) / 2
             rows.append(
                 pd.DataFrame(
                     {
                         "image_idx": batch["image_idx"].numpy(),
-                        "study_idx": batch["study_idx"].numpy(),
-                        "patient": batch["patient_idx"].numpy(),
-                        "body_part": [BODY_PARTS[i] for i in batch["body_part_idx"].tolist()],
-                        "label": batch["label"].numpy().astype(int),
+                        "study_idx": per_view(batch, "study_idx").numpy(),
+                        "patient": per_view(batch, "patient_idx").numpy(),
+                        "body_part": [BODY_PARTS[i] for i in per_view(batch, "body_part_idx").tolist()],
+                        "label": per_view(batch, "label").numpy().astype(int),
                         "probability": probability.cpu().numpy(),
                     }
                 )

@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mura.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_grayscale
@@ -104,10 +103,11 @@ def predict_study(
         return result
     device = next(model.parameters()).device
     batch = torch.stack([transform(torch.from_numpy(p).unsqueeze(0)) for p in pixels]).to(device)
-    with torch.inference_mode():
-        probabilities = torch.sigmoid(model(batch).double()).cpu().numpy()
+    result.probability, probabilities, weights = model.score_study(batch)
     result.views = [{"path": str(file), "probability": float(p)} for file, p in zip(good, probabilities, strict=True)]
-    result.probability = float(np.mean(probabilities))
+    if model.is_study_model:  # each view's probability on its own, and its weight in the study's pooled probability
+        for view, weight in zip(result.views, weights, strict=True):
+            view["weight"] = float(weight)
     result.abnormal = bool(result.probability > hparams.threshold)
     if cam_dir is not None:
         verdict = "abnormal" if result.abnormal else "normal"

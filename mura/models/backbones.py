@@ -188,6 +188,30 @@ def build_timm(name: str, in_channels: int, image_size: int, pretrained: bool, w
     return model
 
 
+def view_embedding(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """N x D embeddings: what the network's last linear layer (`classifier_head`) reads, so that
+    `classifier_head(network)(view_embedding(network, x))` is `network(x)`, the same operations in the same order."""
+    if hasattr(network, "forward_head"):  # timm
+        return network.forward_head(network.forward_features(images), pre_logits=True)
+    if isinstance(network, SeedCNN):
+        return network.classifier[:-1](network.features(images))
+    if isinstance(network, models.DenseNet):  # torchvision's DenseNet.forward, up to its classifier
+        features = torch.relu(network.features(images))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(features, (1, 1)), 1)
+    raise TypeError(f"no view embedding known for {type(network).__name__}")
+
+
+def classifier_head(network: nn.Module) -> nn.Linear:
+    """The network's last layer: embedding -> one logit."""
+    if hasattr(network, "get_classifier"):  # timm
+        return network.get_classifier()
+    if isinstance(network, SeedCNN):
+        return network.classifier[-1]
+    if isinstance(network, models.DenseNet):
+        return network.classifier
+    raise TypeError(f"no classifier head known for {type(network).__name__}")
+
+
 def gradcam_layer(model: nn.Module) -> nn.Module:
     """The last feature map Grad-CAM should explain: for a timm model, the last stage its own feature information
     names; for ours, chosen by hand."""

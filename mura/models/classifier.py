@@ -8,20 +8,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
 from mura import __version__
+from mura.app.errors import ConfigError
 from mura.data.device_augment import DeviceAugmentation
 from mura.data.index import BODY_PARTS
+from mura.data.study_batches import per_view
 from mura.data.transforms import build_transforms
 from mura.evaluation.metrics import BOOTSTRAP_REPLICATES, flatten_for_logging, format_metric, metrics_report
 from mura.evaluation.store import PredictionStore, predictions_frame
-from mura.models.backbones import build_backbone
+from mura.models.backbones import build_backbone, classifier_head, view_embedding
 from mura.models.loss import StudyTypeWeightedBCE
 from mura.models.loss_watch import DeferredLossCheck
+from mura.models.study_pooling import STUDY_MODELS, STUDY_POOLINGS, StudyPooling
 from mura.models.weight_averaging import EMAOnceUpdated
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,12 @@ class MuraClassifier(pl.LightningModule):
     None: off.
     `scheduler_interval`: "epoch", or "step" for schedulers stepped every optimizer step; a step scheduler's factory
     also receives `total_steps` and `steps_per_epoch` (mura.models.schedules).
+    `study_pooling`: "mean", a view model (each view trained on its study's label, view probabilities averaged per
+    study afterwards: the paper); "max" or "attention", a study model (batches of whole studies, the views pooled
+    into one study logit inside the network and trained on the study label, mura.models.study_pooling), whose loss
+    weights come from the training split's study counts. `attention_dim`: the attention network's hidden size.
+    A study model's prediction rows are still one per view, each carrying its study's logit, so every table, report
+    and comparison reads it as it reads a view model's (its study probability is that logit's).
     """
 
     def __init__(
@@ -61,12 +71,18 @@ class MuraClassifier(pl.LightningModule):
         scheduler_monitor: str = "val/loss",
         scheduler_interval: str = "epoch",
         ema: dict[str, Any] | None = None,
+        study_pooling: str = "mean",
+        attention_dim: int = 128,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        if study_pooling not in STUDY_POOLINGS:
+            raise ConfigError(f"model.study_pooling must be one of {STUDY_POOLINGS}, not {study_pooling!r}")
         self.network = build_backbone(backbone, in_channels, image_size, pretrained, weights_path)
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
+        self.pooling = (StudyPooling(study_pooling, classifier_head(self.network).in_features, attention_dim)
+                        if study_pooling in STUDY_MODELS else None)
         self.criterion = StudyTypeWeightedBCE(BODY_PARTS, weighted=loss_weighted)
         self.device_augmentation = DeviceAugmentation(recipe, in_channels)
         self.optimizer_factory = optimizer
@@ -84,6 +100,40 @@ class MuraClassifier(pl.LightningModule):
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.network(images).squeeze(1)
+
+    @property
+    def is_study_model(self) -> bool:
+        return self.pooling is not None
+
+    def study_forward(self, images: torch.Tensor, view_study: torch.Tensor, view_position: torch.Tensor,
+                      studies: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A study model's (study logits (B), each view's weight in its study (N)) for N views of B studies."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        embeddings = view_embedding(self.network, images)
+        view_study, view_position = view_study.to(images.device), view_position.to(images.device)
+        return self.pooling(embeddings, view_study, view_position, studies, classifier_head(self.network))
+
+    def score_study(self, views: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
+        """One study's (probability, each view's probability on its own, each view's weight in the study) from its
+        V views as network input (V x C x S x S): a view model's study probability is its views' mean (each weighs
+        1/V); a study model's is its pooled logit's, its weights the pooling's (attention, or 1 on max's view)."""
+        with torch.inference_mode():
+            view_probabilities = torch.sigmoid(self(views).double()).cpu().numpy()
+            if not self.is_study_model:
+                return float(np.mean(view_probabilities)), view_probabilities, np.full(len(views), 1 / len(views))
+            count = torch.arange(len(views), device=views.device)
+            logits, weights = self.study_forward(views, torch.zeros_like(count), count, 1)
+        return float(torch.sigmoid(logits.double())[0]), view_probabilities, weights.double().cpu().numpy()
+
+    def batch_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the logits the loss reads, one per study of a study batch or per image of an image batch; one logit per
+        image of the batch, a study batch's views carrying their study's)."""
+        if "view_study" not in batch:
+            logits = self(batch["image"])
+            return logits, logits
+        logits, _ = self.study_forward(batch["image"], batch["view_study"], batch["view_position"], len(batch["label"]))
+        return logits, logits[batch["view_study"]]
 
     def preprocess(self, images: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Resized uint8 batches (data.augment_on_device=true) to network input, warped by `theta` when given."""
@@ -108,21 +158,28 @@ class MuraClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
-            counts = datamodule.train_image_counts()
+            if self.is_study_model != datamodule.study_batches:
+                raise ConfigError(f"model.study_pooling={self.hparams.study_pooling} needs "
+                                  f"{'study' if self.is_study_model else 'image'} batches: leave data.study_pooling "
+                                  "to follow the model's")
+            # A study model learns from studies: its weights balance the studies it is trained on, as the paper's
+            # balance the images a view model is trained on.
+            counts = datamodule.train_study_counts() if self.is_study_model else datamodule.train_image_counts()
             self.criterion.set_weights_from_counts(counts)
             # The body parts trained on: a part without training images keeps a weight no image uses.
             weights = {part: round(float(w), 4) for part, w in zip(BODY_PARTS, self.criterion.w_abnormal, strict=True)
                        if sum(counts[part].values())}
-            log.info("loss weights w_abnormal per body part: %s", weights)
+            log.info("loss weights w_abnormal per body part (from %s counts): %s",
+                     "study" if self.is_study_model else "image", weights)
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor | None:
         self.skipped_images.update(batch.get("skipped", []))
         if batch["image"] is None:
             return None
-        logits = self(batch["image"])
+        logits, image_logits = self.batch_logits(batch)
         loss = self.criterion(logits, batch["label"], batch["body_part_idx"])
-        self._store(stage).update(batch["image_idx"], batch["study_idx"], batch["patient_idx"], batch["body_part_idx"],
-                                  batch["label"], logits)
+        self._store(stage).update(batch["image_idx"], per_view(batch, "study_idx"), per_view(batch, "patient_idx"),
+                                  per_view(batch, "body_part_idx"), per_view(batch, "label"), image_logits)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
