@@ -35,9 +35,10 @@ def test_bench_writes_every_row_in_the_schema(synthetic_root: Path, tmp_path: Pa
     main = [row for row in written["rows"] if "variant" not in row["config"]]
     assert {(row["kind"], row["recipe"]) for row in main} == {
         (kind, recipe) for kind in ("data", "train", "fit", "infer") for recipe in ("baseline", "ours")}
-    # The tries: conf/bench.yaml's two and the fit one ran; CUDA graphs are reported, not run.
+    # The tries: conf/bench.yaml's three and the fit one ran; CUDA graphs are reported, not run.
     tries = {row["config"]["variant"]: row for row in written["rows"] if "variant" in row["config"]}
-    assert set(tries) == {"fused_adam", "evaluate_from_cache", "fit_fused"}
+    assert set(tries) == {"fused_adam", "evaluate_from_cache", "study_attention", "fit_fused"}
+    assert tries["study_attention"]["kind"] == "fit" and tries["study_attention"]["config"]["study_pooling"] == "attention"
     evaluation = tries["evaluate_from_cache"]
     assert evaluation["kind"] == "infer" and evaluation["config"]["end_to_end"] and evaluation["config"]["cache"]
     assert evaluation["config"]["images"] == len(pd.read_csv(synthetic_root / "train_image_paths.csv", header=None))

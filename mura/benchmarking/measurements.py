@@ -48,13 +48,14 @@ def row(kind: str, recipe: str, images: int, seconds: float, device: torch.devic
 
 def train_loader_datamodule(
     root: Path, image_size: int, channels: int, batch_size: int, workers: int, device: torch.device,
-    cache: bool, augment_on_device: bool, cache_dir: Path, persistent_workers: bool = False,
+    cache: bool, augment_on_device: bool, cache_dir: Path, persistent_workers: bool = False, study_pooling: str = "mean",
 ) -> MuraDataModule:
-    """The package's own data path over the official train split, cache built before any timing."""
+    """The package's own data path over the official train split, cache built before any timing; batches of whole
+    studies for a study model (`study_pooling` max or attention)."""
     datamodule = MuraDataModule(
         root=str(root), image_size=image_size, recipe="paper", channels=channels, batch_size=batch_size,
         num_workers=workers, val_fraction=0.0, seed=0, pin_memory=device.type == "cuda", persistent_workers=persistent_workers,
-        cache=cache, cache_dir=str(cache_dir), augment_on_device=augment_on_device,
+        cache=cache, cache_dir=str(cache_dir), augment_on_device=augment_on_device, study_pooling=study_pooling,
     )
     datamodule.setup("fit")
     if cache:
@@ -192,7 +193,7 @@ class SteadyStateWindow(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx >= self.warmup:
-            self.images += len(batch["label"])
+            self.images += len(batch["image"])  # images: a study batch's views, not its studies
         # From the end of the last warm-up step: a batch's loading and transfer come before its on_train_batch_start,
         # so starting there would time one load fewer than steps.
         if batch_idx == self.warmup - 1:
@@ -212,14 +213,17 @@ class SteadyStateWindow(pl.Callback):
 def build_fit(
     root: Path, backbone: str, image_size: int, channels: int, batch_size: int, workers: int, bf16: bool,
     channels_last: bool, cache: bool, augment_on_device: bool, batches: int, warmup: int, device: torch.device,
-    cache_dir: Path, callback: pl.Callback, fused_adam: bool = False,
+    cache_dir: Path, callback: pl.Callback, fused_adam: bool = False, study_pooling: str = "mean",
 ) -> tuple[MuraDataModule, MuraClassifier, pl.Trainer, dict]:
     """The package's data module and model, a one-epoch Trainer of `warmup + batches` training batches, no
-    validation, and the row's config: what the fit and profile measurements run, with their own callback."""
+    validation, and the row's config: what the fit and profile measurements run, with their own callback. A study
+    model (`study_pooling` max or attention) trains on batches of `batch_size` whole studies."""
     datamodule = train_loader_datamodule(root, image_size, channels, batch_size, workers, device, cache=cache,
-                                         augment_on_device=augment_on_device, cache_dir=cache_dir)
+                                         augment_on_device=augment_on_device, cache_dir=cache_dir,
+                                         study_pooling=study_pooling)
     model = MuraClassifier(backbone=backbone, in_channels=channels, image_size=image_size, channels_last=channels_last,
-                           optimizer=lambda params: torch.optim.Adam(params, lr=1e-4, fused=fused_adam or None), scheduler=None)
+                           optimizer=lambda params: torch.optim.Adam(params, lr=1e-4, fused=fused_adam or None), scheduler=None,
+                           study_pooling=study_pooling)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision="bf16-mixed" if bf16 and device.type == "cuda" else "32-true",
         max_epochs=1, limit_train_batches=warmup + batches, limit_val_batches=0, num_sanity_val_steps=0,
@@ -228,7 +232,7 @@ def build_fit(
     )
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
               "precision": trainer.precision, "channels_last": channels_last, "cache": cache, "augment_on_device": augment_on_device,
-              "fused_adam": fused_adam, "timed_batches": batches}
+              "fused_adam": fused_adam, "timed_batches": batches, "study_pooling": study_pooling}
     _reset_peak(device)  # the row's own peak, from here: fit's and the profile's alike
     return datamodule, model, trainer, config
 
@@ -236,11 +240,12 @@ def build_fit(
 def measure_fit(
     root: Path, recipe_name: str, backbone: str, image_size: int, channels: int, batch_size: int, workers: int,
     bf16: bool, channels_last: bool, cache: bool, augment_on_device: bool, batches: int, warmup: int,
-    device: torch.device, cache_dir: Path, fused_adam: bool = False,
+    device: torch.device, cache_dir: Path, fused_adam: bool = False, study_pooling: str = "mean",
 ) -> dict:
     timer = SteadyStateWindow(warmup, last_batch=warmup + batches - 1)
     datamodule, model, trainer, config = build_fit(root, backbone, image_size, channels, batch_size, workers, bf16, channels_last,
-                                                   cache, augment_on_device, batches, warmup, device, cache_dir, timer, fused_adam)
+                                                   cache, augment_on_device, batches, warmup, device, cache_dir, timer, fused_adam,
+                                                   study_pooling)
     trainer.fit(model, train_dataloaders=datamodule.train_dataloader())
     images, seconds = timer.images_per_second()
     return row("fit", recipe_name, images, seconds, device, config)
