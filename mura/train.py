@@ -28,7 +28,7 @@ from mura.data.datamodule import SKIPPED_IMAGES_FILE
 from mura.data.index import BODY_PARTS, refuse_writes_inside
 from mura.evaluation.metrics import LOGGED_METRICS
 from mura.evaluation.report import metrics_table, predictions_tables, write_run_outputs
-from mura.models.checkpoint import checkpoint_epoch, read_checkpoint
+from mura.models.checkpoint import checkpoint_epoch, checkpoint_step, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model.load_state_dict(read_checkpoint(selected["checkpoint"])["state_dict"])  # what a test would have scored
     draw_final_galleries(trainer, model, selected)  # before the test outputs: report.html embeds the final gallery
     if datamodule.has_split("val"):
-        with timed_after_fit(trainer, "val_predictions"):
-            write_validation_predictions(trainer, model, datamodule, selected, output_dir)
+        write_validation_predictions(trainer, model, datamodule, selected, output_dir)
     if tested and trainer.is_global_zero:
         with timed_after_fit(trainer, "reports"):
             write_test_outputs(model, datamodule, output_dir, selected["description"])
@@ -223,15 +222,20 @@ def report_skipped(skipped: list[str], output_dir: Path, write: bool) -> None:
 
 def write_validation_predictions(trainer: pl.Trainer, model, datamodule, selected: dict, output_dir: Path) -> None:
     """`val_predictions.csv` (a row per study) and `val_predictions_images.csv` (a row per image): the selected
-    checkpoint's validation predictions, scored again after the fit (the fit's own validation at that epoch is
-    gone by its end), every process's share gathered. Pooled over a cross-validation's folds they score every
-    training study once, each by the model that never trained on it (what mura.compare compares settings on).
-    The loggers are set aside meanwhile: the history holds the fit's epochs only."""
-    loggers, trainer.loggers = trainer.loggers, []
-    try:
-        trainer.validate(model, datamodule=datamodule, ckpt_path=selected["checkpoint"], verbose=False, weights_only=True)
-    finally:
-        trainer.loggers = loggers
+    checkpoint's validation predictions, every process's share gathered. Pooled over a cross-validation's folds they
+    score every training study once, each by the model that never trained on it (what mura.compare compares
+    settings on). When the fit's latest validation scored the selected weights (the checkpoint was written at its
+    step), its predictions are these; otherwise the checkpoint is scored again, with the loggers set aside (the
+    history holds the fit's epochs only)."""
+    step = checkpoint_step(selected["checkpoint"]) if selected["checkpoint"] else trainer.global_step
+    if model.validated_at_step != step or "val" not in model.predictions:
+        loggers, trainer.loggers = trainer.loggers, []
+        try:
+            with timed_after_fit(trainer, "val_predictions"):
+                trainer.validate(model, datamodule=datamodule, ckpt_path=selected["checkpoint"], verbose=False,
+                                 weights_only=True)
+        finally:
+            trainer.loggers = loggers
     if trainer.is_global_zero:
         studies, images = predictions_tables(model.predictions["val"], datamodule.studies, datamodule.splits["path"],
                                              model.hparams.threshold)

@@ -145,11 +145,14 @@ def test_the_validation_split_is_the_training_runs_own(trained_run, wrist_hand_r
     assert np.allclose(written.loc[scored["study"], "probability"], scored["probability"], atol=1e-6)
     images = pd.read_csv(run_dir / "val_predictions_images.csv")
     assert set(images["path"]) == set(trained.loc[trained["split"] == "val", "path"])
-    # ... whose kappa is the one the fit logged at the selected epoch; the history holds the fit's epochs only.
+    # ... whose kappa is the one the fit logged at the selected epoch (scored again only when the fit validated another
+    # epoch last); the history holds the fit's epochs only.
     selected = json.loads((run_dir / "selection.json").read_text())["epoch"]
     history = json.loads((run_dir / "history.json").read_text())
     assert [row["epoch"] for row in history] == [0, 1]
     logged = history[selected]["val/study/kappa"]
+    rescored = "val_predictions_s" in json.loads((run_dir / "timings.json").read_text())["after_fit"]
+    assert rescored == (selected != history[-1]["epoch"])  # the last validation's own predictions, when they are these
     assert cohen_kappa_score(written["label"], written["prediction"]) == pytest.approx(logged, abs=1e-6)
     for override in ("data.split_seed=999", "data.val_fraction=0.5"):
         with pytest.raises(ConfigError, match="differs from the training run's"):
@@ -333,3 +336,22 @@ def test_evaluate_without_a_data_root_says_what_to_do(trained_run, tmp_path: Pat
                          config_name="evaluate")
     with pytest.raises(MuraDataError, match="data.root is not set.*data=synthetic"):
         evaluate(cfg)
+
+
+def test_an_earlier_selected_epoch_has_its_validation_predictions_scored_again(synthetic_root: Path, tmp_path: Path):
+    """Without BatchNorm and at learning rate 0 every epoch scores the same, so the first epoch stays selected (a
+    tie never replaces it) and the fit's last validation is not the selected one's: training scores best.ckpt again."""
+    from conftest import tiny_training_overrides
+    from mura.train import train
+
+    run_dir = tmp_path / "run"
+    train(compose_config([*tiny_training_overrides(synthetic_root, run_dir), "model=seed_cnn", "data.image_size=96",
+                          "model.optimizer.lr=0", "test=false", "~callbacks.gradcam"]))
+    assert json.loads((run_dir / "selection.json").read_text())["epoch"] == 0
+    assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == [0, 1]
+    assert "val_predictions_s" in json.loads((run_dir / "timings.json").read_text())["after_fit"]  # scored again
+    evaluate(evaluate_config(synthetic_root, tmp_path / "val", run_dir / "checkpoints" / "best.ckpt", "eval.split=val"))
+    scored = pd.read_csv(tmp_path / "val" / "predictions.csv").set_index("study")
+    written = pd.read_csv(run_dir / "val_predictions.csv").set_index("study")
+    assert sorted(written.index) == sorted(scored.index)
+    assert np.allclose(written.loc[scored.index, "probability"], scored["probability"], atol=1e-6)

@@ -29,9 +29,9 @@ from mura.predict import predict
 VIEWS = (1, 2, 3, 4, 5)
 
 
-def study_model(pooling: str) -> MuraClassifier:
+def study_model(pooling: str, backbone: str = "densenet_small", image_size: int = 32) -> MuraClassifier:
     torch.manual_seed(0)
-    return MuraClassifier(backbone="densenet_small", in_channels=1, image_size=32, study_pooling=pooling).eval()
+    return MuraClassifier(backbone=backbone, in_channels=1, image_size=image_size, study_pooling=pooling).eval()
 
 
 def flat(studies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -41,11 +41,17 @@ def flat(studies: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch
     return torch.cat(studies), view_study, view_position
 
 
-@pytest.mark.parametrize("pooling", ["max", "attention"])
-def test_padding_never_changes_a_studys_output(pooling: str):
-    model = study_model(pooling)
+@pytest.mark.parametrize(("pooling", "backbone", "size"), [("max", "densenet_small", 32), ("attention", "densenet_small", 32),
+                                                        ("attention", "timm/test_resnet", 32), ("max", "seed_cnn", 96)])
+def test_padding_never_changes_a_studys_output(pooling: str, backbone: str, size: int):
+    """Every kind of backbone: its embedding and its own head give the study's logit."""
+    model = study_model(pooling, backbone, size)
     generator = torch.Generator().manual_seed(1)
-    studies = [torch.rand(views, 1, 32, 32, generator=generator) for views in VIEWS]
+    studies = [torch.rand(views, 1, size, size, generator=generator) for views in VIEWS]
+    with torch.no_grad():  # the embedding through the head is the network itself: the view model's logit
+        views = studies[-1]
+        assert classifier_head(model.network)(view_embedding(model.network, views)).squeeze(1) == pytest.approx(
+            model(views), abs=1e-6)
     with torch.no_grad():
         batched, weights = model.study_forward(*flat(studies), len(studies))
         for index, views in enumerate(studies):

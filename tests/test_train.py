@@ -95,7 +95,8 @@ def test_training_run_writes_the_whole_run_folder(trained_run):
     assert figures == [("gallery", "epoch_000", 0), ("curves", "curves.png", 0), ("gallery", "epoch_001", 1),
                        ("curves", "curves.png", 1), ("gallery", "final", 2)]
     assert timings["first_epoch_vs_steady"] == pytest.approx(timings["first_epoch_train_s"] / timings["steady_epoch_train_s"], abs=0.01)
-    assert set(timings["after_fit"]) == {"test_s", "final_gallery_s", "val_predictions_s", "reports_s"}
+    # val_predictions_s: the selected checkpoint's validation scored again, when the fit's last one was another's
+    assert set(timings["after_fit"]) - {"val_predictions_s"} == {"test_s", "final_gallery_s", "reports_s"}
     final_gallery = next(figure["seconds"] for figure in timings["figures"] if figure["name"] == "final")
     assert timings["after_fit"]["final_gallery_s"] >= final_gallery > 0
     assert timings["after_fit"]["test_s"] > 0 and timings["after_fit"]["reports_s"] > 0

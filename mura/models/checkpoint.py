@@ -46,6 +46,11 @@ def checkpoint_epoch(path: str | Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer steps taken when the checkpoint was written."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
 def training_split(path: str | Path) -> dict | None:
     """What defined the training run's split (split seed, validation fraction, body parts, a digest of the
     validation patients: `MuraDataModule.state_dict`), or None for a checkpoint that records none."""

@@ -93,6 +93,7 @@ class MuraClassifier(pl.LightningModule):
         self.loss_check = DeferredLossCheck()
         self.reports: dict[str, dict] = {}
         self.predictions: dict[str, pd.DataFrame] = {}
+        self.validated_at_step: int | None = None  # the optimizer step of the fit's latest validation
 
     # -- forward and steps ---------------------------------------------------------------------------------
 
@@ -222,6 +223,8 @@ class MuraClassifier(pl.LightningModule):
         report = metrics_report(images, threshold=self.hparams.threshold, bootstrap=BOOTSTRAP_REPLICATES if stage == "test" else 0)
         self.reports[stage] = report
         self.predictions[stage] = images
+        if stage == "val" and self.trainer.state.fn == TrainerFn.FITTING:
+            self.validated_at_step = self.global_step
         # Every process computed these from the same gathered predictions: averaging them changes nothing,
         # and keeps every rank's logged values (which checkpointing and early stopping read) in step.
         self.log(f"{stage}/loss", loss.item(), prog_bar=stage != "train", sync_dist=True)
