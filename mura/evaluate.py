@@ -15,7 +15,7 @@ from mura.app.run_start import start_run
 from mura.data.index import parse_body_parts, refuse_writes_inside
 from mura.data.split import split_mismatch
 from mura.evaluation.metrics import metrics_report
-from mura.evaluation.report import metrics_table, write_run_outputs
+from mura.evaluation.report import STUDY_MODEL_NOTE, metrics_table, write_run_outputs
 from mura.inference.predictor import average_ensemble, pick_device, predict_images
 from mura.models.checkpoint import load_classifier, training_split
 
@@ -35,13 +35,15 @@ def evaluate(cfg: DictConfig) -> dict:
     with open_dict(cfg):
         cfg.data.update(data_settings["data"])
         cfg.data.splits_dir = None
-    predictions, threshold, datamodule = [], None, None
+    predictions, threshold, datamodule, study_models = [], None, None, []
     datamodules = {}  # one per preprocessing: an ensemble of one recipe reads the index once
     for path in checkpoints:
         model = load_classifier(path, device)
         # A study model reads batches of studies, a view model batches of images: an ensemble may mix them (their
         # views' rows carry each model's study probability or view probability; the study means average those).
         pooling = "study" if model.is_study_model else "mean"
+        if model.is_study_model:
+            study_models.append(model.hparams.study_pooling)
         preprocessing = (model.hparams.image_size, model.hparams.recipe, model.hparams.in_channels, model.hparams.resize,
                          pooling)
         if preprocessing not in datamodules:
@@ -68,7 +70,8 @@ def evaluate(cfg: DictConfig) -> dict:
     write_run_outputs(
         output_dir, report, images, datamodule.studies, datamodule.splits["path"], threshold,
         title=f"Evaluation ({what}{', flip TTA' if cfg.eval.tta else ''})",
-        split_description=f"the {split} split of {datamodule.root}, body parts {', '.join(datamodule.body_parts)}",
+        split_description=f"the {split} split of {datamodule.root}, body parts {', '.join(datamodule.body_parts)}"
+        + "".join(f"; {STUDY_MODEL_NOTE.format(pooling=pooling)}" for pooling in sorted(set(study_models))),
         checkpoints=checkpoints,
     )
     print(f"\n{split} split ({datamodule.root}), study level:\n{metrics_table(report, 'study').to_markdown(index=False)}"

@@ -27,7 +27,7 @@ from mura.callbacks.timing import note_run_start, run_timings, timed_after_fit
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
 from mura.data.index import BODY_PARTS, refuse_writes_inside
 from mura.evaluation.metrics import LOGGED_METRICS
-from mura.evaluation.report import metrics_table, predictions_tables, write_run_outputs
+from mura.evaluation.report import STUDY_MODEL_NOTE, metrics_table, predictions_tables, write_run_outputs
 from mura.models.checkpoint import checkpoint_epoch, checkpoint_step, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -252,6 +252,8 @@ def write_test_outputs(model, datamodule, output_dir: Path, tested: str) -> None
         partial = f"PARTIAL: {scored} of its {listed} images (trainer.limit_test_batches)"
         log.warning("the test scored %s; its numbers are not the test split's", partial)
         split += f"; {partial}"
+    if model.is_study_model:
+        split += f"; {STUDY_MODEL_NOTE.format(pooling=model.hparams.study_pooling)}"
     write_run_outputs(
         output_dir, report, model.predictions["test"], datamodule.studies, datamodule.splits["path"],
         model.hparams.threshold, title="Test results after training", split_description=split, checkpoints=[tested],

@@ -56,7 +56,8 @@ def test_the_loss_weights_line_lists_only_the_body_parts_trained_on(synthetic_ro
     trainer = bare_trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, num_sanity_val_steps=0)
     with caplog.at_level(logging.INFO, logger="mura.models.classifier"):
         trainer.fit(model, datamodule=datamodule)
-    [line] = [message for message in caplog.messages if message.startswith("loss weights w_abnormal per body part: ")]
+    [line] = [message for message in caplog.messages
+              if message.startswith("loss weights w_abnormal per body part (from image counts): ")]
     weights = ast.literal_eval(line.split(": ", 1)[1])
     assert set(weights) == set(datamodule.split_frame("train")["body_part"]) == {"XR_WRIST", "XR_HAND"}
     assert weights == {part: round(float(model.criterion.w_abnormal[BODY_PARTS.index(part)]), 4) for part in weights}

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 
 from conftest import compose_config, tiny_training_overrides
 from mura.data.audit import paper_loss_weights
+from mura.data.images import load_grayscale
 from mura.data.study_batches import MuraStudyDataset, collate_studies
 from mura.evaluate import evaluate
 from mura.inference.export import export_with_contract, run_exported
@@ -149,6 +150,17 @@ def test_a_study_model_trains_and_every_path_reads_it(attention_run: Path, train
                              f"paths.output_dir={tmp_path / 'alone'}"], config_name="evaluate"))
     scored = pd.read_csv(tmp_path / "alone" / "predictions.csv").set_index("study")
     assert np.allclose(scored.loc[studies["study"], "probability"], studies["probability"], atol=1e-6)
+    assert "a study model (attention pooling)" in (run / "report.md").read_text()
+    # Flip TTA: the mean of the study's probability and its mirrored views' study probability.
+    evaluate(compose_config([f"ckpt_path={best}", f"data.root={synthetic_root}", "data.num_workers=0", "eval.tta=true",
+                             f"paths.output_dir={tmp_path / 'tta'}"], config_name="evaluate"))
+    tta = pd.read_csv(tmp_path / "tta" / "predictions.csv").set_index("study")
+    largest = studies.loc[studies["n_views"].idxmax(), "study"]
+    transform = model.eval_transform()
+    paths = sorted((synthetic_root / largest).glob("*.png"))
+    views = torch.stack([transform(torch.from_numpy(load_grayscale(path)).unsqueeze(0)) for path in paths])
+    expected = (model.score_study(views)[0] + model.score_study(torch.flip(views, dims=[-1]))[0]) / 2
+    assert tta.loc[largest, "probability"] == pytest.approx(expected, abs=1e-6)
     # An ensemble of the study model and a view model averages their study probabilities.
     view_best = trained_run[0] / "checkpoints" / "best.ckpt"
     evaluate(compose_config([f"ckpt_path=[{best},{view_best}]", f"data.root={synthetic_root}", "data.num_workers=0",

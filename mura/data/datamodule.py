@@ -34,11 +34,10 @@ from mura.data.split import (
     split_mismatch,
     split_table,
 )
-from mura.data.study_batches import MuraStudyDataset, collate_studies
+from mura.data.study_batches import STUDY_MODELS, STUDY_POOLINGS, MuraStudyDataset, collate_studies
 from mura.data.synthetic import choose_data_root, ensure_synthetic
 from mura.data.transforms import RESIZE_MODES, ResizeSquare, build_transforms
 from mura.data.verify import find_unreadable
-from mura.models.study_pooling import STUDY_MODELS, STUDY_POOLINGS
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,10 @@ from mura.data.dataset import MuraImageDataset
 from mura.data.sampling import sample_seed
 
 STUDY_FIELDS = ("label", "study_idx", "patient_idx", "body_part_idx")
+# model.study_pooling: `mean` is the view model (image batches), the others study models (batches of whole studies,
+# mura.models.study_pooling).
+STUDY_POOLINGS = ("mean", "max", "attention")
+STUDY_MODELS = ("max", "attention")
 
 
 class MuraStudyDataset(Dataset):

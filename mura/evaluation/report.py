@@ -32,6 +32,11 @@ OFFICIAL_ROOT_NAME = "MURA-v1.1"  # the folder the official CSVs' paths start wi
 ROC_LINESTYLES = ["-", "--", "-.", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1)), (0, (3, 2)), (0, (6, 2, 1, 2))]
 
 
+# A study model scores studies; its image-level rows carry their study's probability (mura.models.classifier).
+STUDY_MODEL_NOTE = ("a study model ({pooling} pooling): one probability per study, so its image-level numbers score "
+                    "each view by its study's probability")
+
+
 def write_metrics_json(report: dict, path: str | Path) -> Path:
     """The `metrics.json` schema: {"study": {"overall": M, "XR_...": M}, "image": {...}}."""
     path = Path(path)

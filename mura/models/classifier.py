@@ -18,14 +18,14 @@ from mura import __version__
 from mura.app.errors import ConfigError
 from mura.data.device_augment import DeviceAugmentation
 from mura.data.index import BODY_PARTS
-from mura.data.study_batches import per_view
+from mura.data.study_batches import STUDY_MODELS, STUDY_POOLINGS, per_view
 from mura.data.transforms import build_transforms
 from mura.evaluation.metrics import BOOTSTRAP_REPLICATES, flatten_for_logging, format_metric, metrics_report
 from mura.evaluation.store import PredictionStore, predictions_frame
 from mura.models.backbones import build_backbone, classifier_head, view_embedding
 from mura.models.loss import StudyTypeWeightedBCE
 from mura.models.loss_watch import DeferredLossCheck
-from mura.models.study_pooling import STUDY_MODELS, STUDY_POOLINGS, StudyPooling
+from mura.models.study_pooling import StudyPooling
 from mura.models.weight_averaging import EMAOnceUpdated
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-STUDY_POOLINGS = ("mean", "max", "attention")
-STUDY_MODELS = ("max", "attention")  # `mean` is the view model: views trained one by one, averaged afterwards
+from mura.data.study_batches import STUDY_MODELS
 
 
 def padded(values: torch.Tensor, view_study: torch.Tensor, view_position: torch.Tensor, studies: int,
