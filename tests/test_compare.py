@@ -219,9 +219,10 @@ def test_the_command_reads_real_run_folders(trained_run, tmp_path: Path):
     shutil.rmtree(other / ".hydra")  # as a training run called without Hydra: metrics.json marks the run
     shutil.copy(run_dir / "metrics.json", other / "metrics.json")
     table = run_compare(tmp_path, f"runs=[{other}]", f"baseline={run_dir}", "bootstrap=500")
-    groups = sorted(studies["body_part"].unique())
-    assert list(dict.fromkeys(table["group"])) == [*groups, "overall"]
-    assert len(table) == (len(groups) + 1) * len(METRICS)
+    parts = sorted(studies["body_part"].unique())
+    groups = [*parts, "overall"] if len(parts) > 1 else ["overall"]  # one part's rows would repeat overall's
+    assert list(dict.fromkeys(table["group"])) == groups
+    assert len(table) == len(groups) * len(METRICS)
     assert set(table["baseline"]) == {run_dir.name}
     written = pd.read_csv(tmp_path / "out" / "compare.csv")
     assert len(written) == len(table) and "p_holm" in written.columns
@@ -234,3 +235,12 @@ def test_delong_says_untestable_where_the_difference_has_no_spread():
     labels = np.array([1, 1, 0, 0, 1, 0])
     difference, variance, p_value = delong_test(labels, labels.astype(float), np.full(6, 0.5))
     assert difference == -0.5 and variance == 0 and math.isnan(p_value)
+
+
+def test_studies_of_one_body_part_are_compared_once_not_per_part_and_overall():
+    """A humerus-only comparison: no XR_HUMERUS rows repeating overall's, so Holm counts each test once."""
+    studies = fabricated_studies()
+    wrists = studies[studies["body_part"] == "XR_WRIST"]
+    table = compare_runs({"A": wrists, "B": perturbed(wrists, 0.2)}, "A", replicates=200)
+    assert set(table["group"]) == {"overall"} and len(table) == len(METRICS)
+    np.testing.assert_allclose(table["p_holm"], holm(table["p_value"]))

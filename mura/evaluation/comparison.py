@@ -227,9 +227,12 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 
 def study_groups(studies: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
-    """(name, row mask): each body part in order, then overall."""
+    """(name, row mask): each body part in order, then overall; overall alone for studies of one body part (its
+    rows would repeat overall's, and count every test twice in Holm's adjustment)."""
     body_parts = studies["body_part"].to_numpy()
-    return [*((part, body_parts == part) for part in sorted(set(body_parts))), ("overall", np.ones(len(studies), bool))]
+    parts = sorted(set(body_parts))
+    overall = ("overall", np.ones(len(studies), bool))
+    return [overall] if len(parts) == 1 else [*((part, body_parts == part) for part in parts), overall]
 
 
 def compare_runs(runs: dict[str, pd.DataFrame], baseline: str, threshold: float | None = None,
