@@ -113,7 +113,7 @@ def test_holm_against_a_hand_computation():
 def test_a_run_compared_with_itself_differs_by_nothing():
     studies = fabricated_studies()
     table = compare_runs({"A": studies, "A again": studies.sample(frac=1, random_state=0)}, "A", replicates=300)
-    assert len(table) == 3 * len(METRICS)  # two body parts and overall
+    assert len(table[table["family"] == "main"]) == 3 * len(METRICS)  # two body parts and overall
     assert (table["difference"] == 0).all()
     assert (table["ci_low"] == 0).all() and (table["ci_high"] == 0).all()
     assert (table["p_value"] == 1).all() and (table["p_holm"] == 1).all()
@@ -194,12 +194,19 @@ def test_a_sweep_of_fabricated_runs_against_its_first_job(tmp_path: Path):
     write_run(sweep / "2", lenient.assign(prediction=(lenient["probability"] > 0.3).astype(int)))
     table = run_compare(tmp_path, f"runs={sweep}", "bootstrap=200")
     assert list(dict.fromkeys(table["run"])) == ["1", "2"] and set(table["baseline"]) == {"0"}
-    assert list(dict.fromkeys(table["group"])) == ["XR_HAND", "XR_WRIST", "overall"]
+    assert list(dict.fromkeys(table["group"])) == ["XR_HAND", "XR_WRIST", "overall", "1 view", "2 views", "3 views"]
     sensitivity = table.set_index(["run", "group", "metric"]).loc[("2", "overall", "sensitivity")]
     abnormal = lenient["label"] == 1
     assert sensitivity["run_value"] == pytest.approx((lenient["probability"][abnormal] > 0.3).mean())
     assert sensitivity["n"] == abnormal.sum()
-    np.testing.assert_allclose(table["p_holm"], holm(table["p_value"]))
+    # The studies of two views, on their own; Holm within each family: the views' rows leave the main tests' as they were.
+    two = (studies["n_views"] == 2).to_numpy()
+    kappa = table.set_index(["run", "group", "metric"]).loc[("1", "2 views", "kappa")]
+    assert kappa["studies"] == two.sum() and kappa["run_value"] == pytest.approx(
+        cohen_kappa_score(studies["label"][two], perturbed(studies, 0.1)["prediction"][two]))
+    for family in ("main", "views"):
+        rows = table[table["family"] == family]
+        np.testing.assert_allclose(rows["p_holm"], holm(rows["p_value"]))
     at_half = compare(compose_config([f"runs={sweep}", "bootstrap=0", "threshold=0.5",
                                       f"paths.output_dir={tmp_path / 'half'}"], config_name="compare"))
     assert at_half.set_index(["run", "group", "metric"]).loc[("2", "overall", "sensitivity"), "run_value"] == \
@@ -207,6 +214,7 @@ def test_a_sweep_of_fabricated_runs_against_its_first_job(tmp_path: Path):
     assert at_half["ci_low"].isna().all()  # no bootstrap: no intervals, and kappa untested
     markdown = (tmp_path / "out" / "compare.md").read_text()
     assert "## 1 - 0" in markdown and "## 2 - 0" in markdown and "McNemar" in markdown
+    assert "By number of views (Holm within these rows)" in markdown
 
 
 def test_the_command_reads_real_run_folders(trained_run, tmp_path: Path):
@@ -221,8 +229,9 @@ def test_the_command_reads_real_run_folders(trained_run, tmp_path: Path):
     table = run_compare(tmp_path, f"runs=[{other}]", f"baseline={run_dir}", "bootstrap=500")
     parts = sorted(studies["body_part"].unique())
     groups = [*parts, "overall"] if len(parts) > 1 else ["overall"]  # one part's rows would repeat overall's
-    assert list(dict.fromkeys(table["group"])) == groups
-    assert len(table) == len(groups) * len(METRICS)
+    main = table[table["family"] == "main"]
+    assert list(dict.fromkeys(main["group"])) == groups
+    assert len(main) == len(groups) * len(METRICS)
     assert set(table["baseline"]) == {run_dir.name}
     written = pd.read_csv(tmp_path / "out" / "compare.csv")
     assert len(written) == len(table) and "p_holm" in written.columns
@@ -242,5 +251,6 @@ def test_studies_of_one_body_part_are_compared_once_not_per_part_and_overall():
     studies = fabricated_studies()
     wrists = studies[studies["body_part"] == "XR_WRIST"]
     table = compare_runs({"A": wrists, "B": perturbed(wrists, 0.2)}, "A", replicates=200)
-    assert set(table["group"]) == {"overall"} and len(table) == len(METRICS)
-    np.testing.assert_allclose(table["p_holm"], holm(table["p_value"]))
+    main = table[table["family"] == "main"]
+    assert set(main["group"]) == {"overall"} and len(main) == len(METRICS)
+    np.testing.assert_allclose(main["p_holm"], holm(main["p_value"]))

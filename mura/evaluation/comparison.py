@@ -18,7 +18,8 @@ For each run against the baseline, overall and per body part:
 - sensitivity and specificity: McNemar's exact test (McNemar 1947, Psychometrika 12:153) on the discordant studies,
   abnormal ones for sensitivity, normal ones for specificity, and the paired bootstrap's interval;
 - every p-value also adjusted by Holm's step-down method (Holm 1979, Scand. J. Statist. 6:65) over all the tests of
-  the comparison: every run, group and metric.
+  the comparison, every run, group and metric, within its family: the body parts and overall, and apart from them
+  the studies by number of views (1, 2, 3, 4+).
 
 Each group resamples its own patients, as the 95% CIs of metrics.json do; replicates in which a difference is
 undefined (a resample without one of the classes) are dropped, and their number kept.
@@ -37,9 +38,11 @@ from matplotlib.lines import Line2D
 
 from mura.app.errors import ConfigError
 from mura.evaluation.metrics import (
+    VIEW_GROUPS,
     format_interval,
     patient_bootstrap_weights,
     percentile_interval,
+    views_group,
     weighted_auroc,
     weighted_kappa,
 )
@@ -226,23 +229,32 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def study_groups(studies: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
-    """(name, row mask): each body part in order, then overall; overall alone for studies of one body part (its
-    rows would repeat overall's, and count every test twice in Holm's adjustment)."""
+def study_groups(studies: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
+    """(family, name, row mask): the main family, each body part in order then overall (overall alone for studies of
+    one body part: its rows would repeat overall's, and count every test twice in Holm's adjustment); then, where
+    the studies say their number of views (`n_views`), the views family: studies of 1, 2, 3 and 4+ views (a model
+    that fails on single-view studies should be seen failing), each group that holds studies."""
     body_parts = studies["body_part"].to_numpy()
     parts = sorted(set(body_parts))
-    overall = ("overall", np.ones(len(studies), bool))
-    return [overall] if len(parts) == 1 else [*((part, body_parts == part) for part in parts), overall]
+    overall = ("main", "overall", np.ones(len(studies), bool))
+    groups = [overall] if len(parts) == 1 else [*(("main", part, body_parts == part) for part in parts), overall]
+    if "n_views" in studies.columns:
+        views = studies["n_views"].map(views_group).to_numpy()
+        groups += [("views", f"{group} view{'s' if group != '1' else ''}", views == group) for group in VIEW_GROUPS
+                   if (views == group).any()]
+    return groups
 
 
 def compare_runs(runs: dict[str, pd.DataFrame], baseline: str, threshold: float | None = None,
                  replicates: int = COMPARISON_REPLICATES, seed: int = 0) -> pd.DataFrame:
-    """A row per run (but the baseline), group (body parts, then overall) and metric (`METRICS`): run, baseline,
-    group, metric, studies and patients of the group, n (the studies the metric is over: abnormal ones for
+    """A row per run (but the baseline), group (`study_groups`: body parts, overall, then the studies of 1, 2, 3
+    and 4+ views) and metric (`METRICS`): run, baseline, family (main: body parts and overall; views), group, metric,
+    studies and patients of the group, n (the studies the metric is over: abnormal ones for
     sensitivity, normal ones for specificity), baseline_value, run_value, difference (run - baseline), ci_low and
     ci_high (paired patient bootstrap, 95% percentile), replicates (those where the difference is defined), test,
-    p_value, p_holm, and for McNemar's test baseline_only and run_only (the discordant studies each run alone got
-    right). Undefined values are NaN.
+    p_value, p_holm (Holm-adjusted within its family: the subgroups by views are a family of their own, so adding
+    them leaves the main tests' adjustment as it was), and for McNemar's test baseline_only and run_only (the
+    discordant studies each run alone got right). Undefined values are NaN.
 
     `runs` maps a name to its study table (STUDY_COLUMNS, and `prediction` for the run's own calls); `threshold`
     None: each run's own calls (`study_decisions`).
@@ -254,7 +266,7 @@ def compare_runs(runs: dict[str, pd.DataFrame], baseline: str, threshold: float 
     probabilities = {name: table["probability"].to_numpy(dtype=np.float64) for name, table in aligned.items()}
     others = [name for name in aligned if name != baseline]
     rows = []
-    for group, mask in study_groups(reference):
+    for family, group, mask in study_groups(reference):
         group_labels, patients = labels[mask], reference["patient"].to_numpy()[mask]
         observed = {name: replicate_metrics(group_labels, decisions[name][mask], probabilities[name][mask],
                                             np.ones((1, int(mask.sum())), dtype=np.int32)) for name in aligned}
@@ -274,7 +286,8 @@ def compare_runs(runs: dict[str, pd.DataFrame], baseline: str, threshold: float 
                 baseline_value, run_value = observed[baseline][metric][0], observed[name][metric][0]
                 p_value = bootstrap_p_value(differences) if metric == "kappa" else tests[metric]["p_value"]
                 rows.append({
-                    "run": name, "baseline": baseline, "group": group, "metric": metric, "studies": int(mask.sum()),
+                    "run": name, "baseline": baseline, "family": family, "group": group, "metric": metric,
+                    "studies": int(mask.sum()),
                     "patients": len(set(patients)), "n": tests[metric]["n"], "baseline_value": baseline_value,
                     "run_value": run_value, "difference": run_value - baseline_value, "ci_low": interval[0],
                     "ci_high": interval[1], "replicates": int(np.count_nonzero(~np.isnan(differences))),
@@ -283,7 +296,11 @@ def compare_runs(runs: dict[str, pd.DataFrame], baseline: str, threshold: float 
                     "run_only": tests[metric].get("run_only", np.nan),
                 })
     table = pd.DataFrame(rows)
-    table.insert(table.columns.get_loc("p_value") + 1, "p_holm", holm(table["p_value"].to_numpy(dtype=np.float64)))
+    adjusted = np.full(len(table), np.nan)
+    for family in table["family"].unique():  # the body parts' and overall's tests, and the views' apart
+        rows_of = (table["family"] == family).to_numpy()
+        adjusted[rows_of] = holm(table.loc[rows_of, "p_value"].to_numpy(dtype=np.float64))
+    table.insert(table.columns.get_loc("p_value") + 1, "p_holm", adjusted)
     return table
 
 
@@ -320,7 +337,7 @@ def comparison_markdown(table: pd.DataFrame, runs: dict[str, str], baseline: str
         "",
     ]
     for name, rows in table.groupby("run", sort=False):
-        lines += [f"## {name} - {baseline}", "", difference_table(rows).to_markdown(index=False, disable_numparse=True), ""]
+        lines += [f"## {name} - {baseline}", "", *family_tables(rows)]
     lines += [
         f"Differences are run - baseline. 95% intervals: percentile paired bootstrap over patients ({replicates:,} "
         f"replicates, seed {seed}; both runs' studies of a patient drawn together, each body part resampling its own "
@@ -329,11 +346,24 @@ def comparison_markdown(table: pd.DataFrame, runs: dict[str, str], baseline: str
         "interval); AUROC, DeLong's test (Sun & Xu's algorithm; it takes studies as independent, the interval beside "
         "it does not); sensitivity and specificity, McNemar's exact test on the abnormal (normal) studies that one "
         "run alone called right (counts in compare.csv). p: raw / Holm-adjusted over all "
-        f"{int(table['p_value'].notna().sum())} tests of this comparison; * marks Holm p < {SIGNIFICANCE}. "
+        f"{int(table.loc[table['family'] == 'main', 'p_value'].notna().sum())} tests of the body parts and overall "
+        "(the studies by number of views are a family of their own, adjusted apart); * marks Holm p < "
+        f"{SIGNIFICANCE}. "
         "Per-body-part rows on few studies have wide intervals: a difference that is not significant is not shown "
         "to be absent. `compare.png` draws every difference with its interval.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def family_tables(rows: pd.DataFrame) -> list[str]:
+    """One run's differences as markdown lines: the body parts and overall, then the studies by number of views."""
+    lines = [difference_table(rows[rows["family"] == "main"]).to_markdown(index=False, disable_numparse=True), ""]
+    views = rows[rows["family"] == "views"]
+    if not views.empty:
+        table = difference_table(views).rename(columns={"body part": "studies of"})
+        lines += ["By number of views (Holm within these rows):", "",
+                  table.to_markdown(index=False, disable_numparse=True), ""]
+    return lines
 
 
 def difference_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -365,7 +395,9 @@ def p_text(value: float) -> str:
 
 def plot_forest(table: pd.DataFrame, path: Path) -> None:
     """compare.png: a panel per metric, a row per body part and overall (last, below a line), each run's difference
-    from the baseline with its 95% interval, the zero line; a filled marker where Holm's p < SIGNIFICANCE."""
+    from the baseline with its 95% interval, the zero line; a filled marker where Holm's p < SIGNIFICANCE. The
+    subgroups by number of views are in compare.md and compare.csv."""
+    table = table[table["family"] == "main"]
     groups = list(dict.fromkeys(table["group"]))
     names = list(dict.fromkeys(table["run"]))
     spacing = 0.8 / len(names)  # the runs of a group share its row, offset around its centre

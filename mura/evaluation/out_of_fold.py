@@ -26,7 +26,7 @@ from scipy.stats import t as student_t
 from mura.app.errors import ConfigError
 from mura.evaluation.comparison import (
     METRIC_NAMES,
-    difference_table,
+    family_tables,
     holm,
     mcnemar_exact,
     p_text,
@@ -308,7 +308,7 @@ def cross_validation_markdown(pooled: pd.DataFrame, settings: list[CrossValidate
         "",
     ]
     for name, rows in pooled.groupby("run", sort=False):
-        lines += [f"### {name} - {baseline.name}", "", difference_table(rows).to_markdown(index=False, disable_numparse=True), ""]
+        lines += [f"### {name} - {baseline.name}", "", *family_tables(rows)]
     lines += [
         "## Fold by fold",
         "",
@@ -325,7 +325,8 @@ def cross_validation_markdown(pooled: pd.DataFrame, settings: list[CrossValidate
         "",
         f"The pooled tests take each setting's trained models as given: paired bootstrap over patients ({replicates:,} "
         f"replicates, seed {seed}) for kappa and the intervals, DeLong for AUROC, McNemar's exact test for sensitivity "
-        "and specificity, Holm-adjusted over all the pooled tests (* marks Holm p < 0.05). They say whether two sets "
+        "and specificity, Holm-adjusted over all the pooled tests of the body parts and overall (the studies by "
+        "number of views apart; * marks Holm p < 0.05). They say whether two sets "
         "of models score these studies differently, not whether the recipes would again: a recipe's models vary "
         "with the seed, and only the seed groups measure that. The fold-by-fold tests treat each fold's models as "
         f"a draw of the recipe, but there are few folds (a sign test on {baseline.folds} folds cannot go below p = "
