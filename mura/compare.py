@@ -22,6 +22,7 @@ from mura.evaluation.out_of_fold import (
     fold_differences,
     fold_tests,
     seed_groups,
+    test_train_ratio,
 )
 from mura.evaluation.summary import find_runs
 
@@ -51,6 +52,9 @@ def compare_cross_validated(cfg: DictConfig, runs: list[Path], output_dir: Path)
     """Cross-validated settings (sweeps over data.cv_fold) compared on their pooled out-of-fold predictions; the
     baseline setting is the one of `cfg.baseline`'s runs (a sweep folder or one fold's run), else the first."""
     baseline_runs = find_runs([str(cfg.baseline)]) if cfg.baseline is not None else runs[:1]
+    if not all_cross_validation_folds(baseline_runs):
+        raise ConfigError(f"baseline: {cfg.baseline} is not a cross-validation sweep (its runs set no data.cv_fold), "
+                          "and the runs are: pass one of the compared settings' sweep folders, or one of its fold runs")
     listed = {run.resolve() for run in runs}
     settings = cross_validated_settings([*(run for run in baseline_runs if run.resolve() not in listed), *runs])
     chosen = {setting.name for setting in settings for run in baseline_runs
@@ -64,10 +68,13 @@ def compare_cross_validated(cfg: DictConfig, runs: list[Path], output_dir: Path)
         raise ConfigError(f"nothing to compare with the baseline {baseline.name}: its runs are all one setting; pass "
                           "the sweeps of at least two settings")
     check_same_folds(settings, baseline)
+    # The baseline recipe's other seeds measure noise, not a recipe: their tests form families of their own, so they
+    # leave the real settings' Holm adjustment as it was.
+    noise = {setting.name for setting in settings[1:] if setting.seed_group == baseline.seed_group}
     table = compare_runs({setting.name: setting.pooled for setting in settings}, baseline.name, threshold=cfg.threshold,
-                         replicates=cfg.bootstrap, seed=cfg.seed)
+                         replicates=cfg.bootstrap, seed=cfg.seed, noise_runs=noise)
     folds = fold_differences(settings, baseline, cfg.threshold)
-    tests = fold_tests(folds)
+    tests = fold_tests(folds, test_train_ratio(baseline))
     seeds = seed_groups(settings, cfg.threshold)
     output_dir.mkdir(parents=True, exist_ok=True)
     markdown = cross_validation_markdown(table, settings, baseline, folds, tests, seeds, cfg.bootstrap, cfg.seed,

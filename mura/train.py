@@ -64,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger_config = continue_tracker_runs(cfg.get("logger"), output_dir) if resumes else cfg.get("logger")
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(logger_config) or False,
-        sync_batchnorm=sync_batchnorm_where_supported(cfg.trainer),
+        sync_batchnorm=sync_batchnorm_where_supported(cfg.trainer), benchmark=autotuning(cfg.trainer, model),
     )
     refuse_lightning_sharding(trainer.world_size, cfg.trainer.get("use_distributed_sampler", True))
     if resumes:  # before anything is logged: Lightning's CSV writer deletes the folder's metrics.csv when it starts
@@ -146,6 +146,18 @@ def sync_batchnorm_where_supported(trainer_cfg: DictConfig) -> bool:
         log.info("trainer.sync_batchnorm: off, synchronised BatchNorm needs CUDA devices; each process normalises "
                  "with its own batch's statistics")
     return asked and on_cuda
+
+
+def autotuning(trainer_cfg: DictConfig, model) -> bool | None:
+    """trainer.benchmark (cuDNN autotuning), but for a study model: its batches hold as many images as their
+    studies have views, a new count nearly every batch, and autotuning starts over for each (57 s against 2 s for an
+    epoch when it did so for a few shapes, README 'Speed')."""
+    asked = trainer_cfg.get("benchmark")
+    if asked and model.is_study_model:
+        log.info("trainer.benchmark: off for a study model (batches of whole studies hold a different number of "
+                 "images nearly every time, and cuDNN would tune again for each)")
+        return False
+    return asked
 
 
 def refuse_lightning_sharding(world_size: int, use_distributed_sampler: bool) -> None:

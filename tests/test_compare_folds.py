@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import binomtest, ttest_rel
+from scipy.stats import t as t_distribution
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from test_compare import PREDICTION_COLUMNS, fabricated_studies, perturbed, write_run
 
 from conftest import compose_config, run_main_in_process, tiny_training_overrides
 from mura.app.errors import ConfigError
 from mura.compare import compare
-from mura.evaluation.comparison import compare_runs
-from mura.evaluation.out_of_fold import paired_t_test, sign_test
+from mura.evaluation.comparison import compare_runs, holm
+from mura.evaluation.out_of_fold import corrected_t_test, paired_t_test, sign_test
 
 FOLDS = 4
 
@@ -67,6 +68,13 @@ def test_the_paired_t_test_and_the_sign_test_against_scipy():
         assert (above, below) == (sum(d > 0 for d in differences), sum(d < 0 for d in differences))
         assert p_value == pytest.approx(binomtest(above, above + below, 0.5).pvalue, rel=1e-9)
     assert sign_test(np.ones(5))[2] == pytest.approx(0.0625)  # 5 of 5 folds: the best a sign test on 5 folds can say
+    # Nadeau & Bengio's correction, by hand: the variance times 1/k + n_test/n_train instead of 1/k.
+    differences = np.array([0.04, 0.01, 0.06, -0.01, 0.03])
+    statistic, p_value = corrected_t_test(differences, 0.25)
+    expected = differences.mean() / np.sqrt((1 / 5 + 0.25) * differences.var(ddof=1))
+    assert statistic == pytest.approx(expected) and p_value == pytest.approx(2 * t_distribution.sf(expected, 4))
+    assert p_value > paired_t_test(differences)[1]  # the plain test, blind to the folds' overlap, claims more
+    assert corrected_t_test(differences, 0.0) == pytest.approx(paired_t_test(differences))
 
 
 def test_settings_are_compared_on_every_training_study_once_and_fold_by_fold(tmp_path: Path):
@@ -126,6 +134,8 @@ def test_the_pool_refuses_a_missing_or_doubled_fold_other_folds_and_other_runs(t
     single = write_run(tmp_path / "single", studies)
     with pytest.raises(ConfigError, match="mix cross-validation folds"):
         run_compare(tmp_path, f"runs=[{a},{single}]", "bootstrap=0")
+    with pytest.raises(ConfigError, match="is not a cross-validation sweep"):
+        run_compare(tmp_path, f"runs=[{a},{b}]", f"baseline={single}", "bootstrap=0")
 
 
 def test_settings_that_differ_only_in_seed_measure_the_noise(tmp_path: Path):
@@ -142,6 +152,11 @@ def test_settings_that_differ_only_in_seed_measure_the_noise(tmp_path: Path):
     assert seeds.loc["kappa", "sd"] == pytest.approx(np.std(list(pooled.values()), ddof=1))
     assert seeds.loc["kappa", "largest_seed_difference"] == pytest.approx(max(pooled.values()) - min(pooled.values()))
     assert set(table["run"]) == {"paper_seed1", "paper_seed2", "warmup"}
+    # The baseline recipe's other seeds are noise rows, Holm-adjusted apart: the real setting's adjustment is its own.
+    families = table.groupby("run")["family"].unique()
+    assert set(families["paper_seed1"]) == {"seed main", "seed views"} and set(families["warmup"]) == {"main", "views"}
+    warmup_main = table[table["family"] == "main"]
+    np.testing.assert_allclose(warmup_main["p_holm"], holm(warmup_main["p_value"]))
     markdown = (tmp_path / "out" / "compare.md").read_text()
     assert "| paper_seed1 |" in markdown and "(the baseline recipe, seed 1)" in markdown
     warmup = table[(table["run"] == "warmup") & (table["group"] == "overall")].set_index("metric")["difference"]

@@ -75,6 +75,16 @@ def test_padding_never_changes_a_studys_output(pooling: str, backbone: str, size
         assert grid.sum(dim=1).tolist() == [1.0] * len(VIEWS)
 
 
+def test_max_pooling_weighs_one_view_even_among_ties():
+    model = study_model("max")
+    view = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, weights = model.study_forward(*flat([view.repeat(3, 1, 1, 1)]), 1)  # three identical views: tied logits
+        _, single = model.pooling.single_study(view_embedding(model.network, view.repeat(3, 1, 1, 1)),
+                                               classifier_head(model.network))
+    assert weights.tolist() == [1.0, 0.0, 0.0] and single.tolist() == [1.0, 0.0, 0.0]
+
+
 def test_mean_is_todays_view_model(synthetic_root: Path, trained_run, tmp_path: Path):
     """The default (mean) builds the view model of before, with the same weights and image batches: its numbers are
     today's; a checkpoint written before the setting existed loads as a mean model."""
@@ -108,6 +118,7 @@ def test_study_batches_group_views_and_draw_the_cap_per_epoch(synthetic_root: Pa
     assert len(train[large]) == len(train.members[large])  # evaluation: every view
     batch = collate_studies([train[(index, 7)] for index in range(4)])
     assert batch["image"].shape[0] == len(batch["view_study"]) == len(batch["path"])
+    assert len(set(batch["augment_seed"].tolist())) == len(batch["path"])  # each view its own augmentation draw
     assert batch["view_study"].unique().tolist() == [0, 1, 2, 3] and len(batch["label"]) == 4
     for study in range(4):  # each view's study is the one its path names
         paths = [path for path, owner in zip(batch["path"], batch["view_study"].tolist(), strict=True) if owner == study]
@@ -145,6 +156,14 @@ def test_a_study_model_trains_and_every_path_reads_it(attention_run: Path, train
         abnormal = int(((counts["body_part"] == part) & (counts["label"] == 1)).sum())
         expected = paper_loss_weights(normal, abnormal)["w_abnormal"]
         assert float(model.criterion.w_abnormal[model.criterion.body_parts.index(part)]) == pytest.approx(expected)
+    # Its validation loss is the loss it trains on: one term per study, not per view (history at the selected epoch).
+    validation = pd.read_csv(run / "val_predictions.csv")
+    selected = json.loads((run / "selection.json").read_text())["epoch"]
+    logged = json.loads((run / "history.json").read_text())[selected]["val/loss"]
+    probability = torch.tensor(validation["probability"].to_numpy())
+    recomputed = model.criterion(torch.logit(probability).float(), torch.tensor(validation["label"].to_numpy()).float(),
+                                 torch.tensor([model.criterion.body_parts.index(part) for part in validation["body_part"]]))
+    assert float(recomputed) == pytest.approx(logged, abs=1e-5)
     # mura.evaluate reproduces training's test predictions from the checkpoint alone.
     evaluate(compose_config([f"ckpt_path={best}", f"data.root={synthetic_root}", "data.num_workers=0",
                              f"paths.output_dir={tmp_path / 'alone'}"], config_name="evaluate"))

@@ -228,7 +228,7 @@ def build_fit(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision="bf16-mixed" if bf16 and device.type == "cuda" else "32-true",
         max_epochs=1, limit_train_batches=warmup + batches, limit_val_batches=0, num_sanity_val_steps=0,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        benchmark=device.type == "cuda", callbacks=[callback],
+        benchmark=device.type == "cuda" and study_pooling == "mean", callbacks=[callback],  # as mura.train.autotuning
     )
     config = {"backbone": backbone, "image_size": image_size, "batch_size": batch_size, "workers": workers,
               "precision": trainer.precision, "channels_last": channels_last, "cache": cache, "augment_on_device": augment_on_device,

@@ -75,6 +75,8 @@ class GradCamGallery(pl.Callback):
             first = views.iloc[0]
             label = "abnormal" if first["label"] == 1 else "normal"
             title = f"{first['body_part']} {first['patient']}: truth {label}, study p(abnormal) = {{probability:.2f}} ({when})"
+            if len(views) < len(study):  # the probability (a study model's weights too) is of the views shown
+                title += f"; {len(views)} of its {len(study)} views"
             figure, _ = study_heatmap_figure(pl_module, raw, title)  # the module's own preprocessing and resize mode
             name = f"{first['body_part']}_{first['patient']}_{Path(first['study']).name}"
             file = RunFile(self.output_dir.parent, f"{self.output_dir.name}/{folder}/{name}.png", f"gradcam/{name}")

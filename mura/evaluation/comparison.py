@@ -246,7 +246,7 @@ def study_groups(studies: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
 
 
 def compare_runs(runs: dict[str, pd.DataFrame], baseline: str, threshold: float | None = None,
-                 replicates: int = COMPARISON_REPLICATES, seed: int = 0) -> pd.DataFrame:
+                 replicates: int = COMPARISON_REPLICATES, seed: int = 0, noise_runs: set[str] = frozenset()) -> pd.DataFrame:
     """A row per run (but the baseline), group (`study_groups`: body parts, overall, then the studies of 1, 2, 3
     and 4+ views) and metric (`METRICS`): run, baseline, family (main: body parts and overall; views), group, metric,
     studies and patients of the group, n (the studies the metric is over: abnormal ones for
@@ -257,7 +257,8 @@ def compare_runs(runs: dict[str, pd.DataFrame], baseline: str, threshold: float 
     discordant studies each run alone got right). Undefined values are NaN.
 
     `runs` maps a name to its study table (STUDY_COLUMNS, and `prediction` for the run's own calls); `threshold`
-    None: each run's own calls (`study_decisions`).
+    None: each run's own calls (`study_decisions`). `noise_runs`: runs that measure noise (the baseline recipe with
+    another seed) rather than a recipe: their families are their own ("seed main", "seed views").
     """
     aligned = align_runs(runs, baseline)
     reference = aligned[baseline]
@@ -286,7 +287,8 @@ def compare_runs(runs: dict[str, pd.DataFrame], baseline: str, threshold: float 
                 baseline_value, run_value = observed[baseline][metric][0], observed[name][metric][0]
                 p_value = bootstrap_p_value(differences) if metric == "kappa" else tests[metric]["p_value"]
                 rows.append({
-                    "run": name, "baseline": baseline, "family": family, "group": group, "metric": metric,
+                    "run": name, "baseline": baseline, "family": f"seed {family}" if name in noise_runs else family,
+                    "group": group, "metric": metric,
                     "studies": int(mask.sum()),
                     "patients": len(set(patients)), "n": tests[metric]["n"], "baseline_value": baseline_value,
                     "run_value": run_value, "difference": run_value - baseline_value, "ci_low": interval[0],
@@ -357,8 +359,8 @@ def comparison_markdown(table: pd.DataFrame, runs: dict[str, str], baseline: str
 
 def family_tables(rows: pd.DataFrame) -> list[str]:
     """One run's differences as markdown lines: the body parts and overall, then the studies by number of views."""
-    lines = [difference_table(rows[rows["family"] == "main"]).to_markdown(index=False, disable_numparse=True), ""]
-    views = rows[rows["family"] == "views"]
+    lines = [difference_table(rows[rows["family"].str.endswith("main")]).to_markdown(index=False, disable_numparse=True), ""]
+    views = rows[rows["family"].str.endswith("views")]
     if not views.empty:
         table = difference_table(views).rename(columns={"body part": "studies of"})
         lines += ["By number of views (Holm within these rows):", "",
@@ -397,7 +399,7 @@ def plot_forest(table: pd.DataFrame, path: Path) -> None:
     """compare.png: a panel per metric, a row per body part and overall (last, below a line), each run's difference
     from the baseline with its 95% interval, the zero line; a filled marker where Holm's p < SIGNIFICANCE. The
     subgroups by number of views are in compare.md and compare.csv."""
-    table = table[table["family"] == "main"]
+    table = table[table["family"].str.endswith("main")]
     groups = list(dict.fromkeys(table["group"]))
     names = list(dict.fromkeys(table["run"]))
     spacing = 0.8 / len(names)  # the runs of a group share its row, offset around its centre

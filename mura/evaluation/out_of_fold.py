@@ -211,14 +211,22 @@ def paired_t_test(differences: np.ndarray) -> tuple[float, float]:
     """(t, two-sided p) of "mean difference 0" over paired differences (Student's paired t-test, n - 1 degrees of
     freedom); NaN with fewer than two. Differences all equal: p = 1 when they are 0, else NaN (no spread to test
     against)."""
+    return corrected_t_test(differences, 0.0)
+
+
+def corrected_t_test(differences: np.ndarray, test_train_ratio: float) -> tuple[float, float]:
+    """(t, two-sided p) of Nadeau & Bengio's corrected resampled t-test (2003, Machine Learning 52:239): the folds'
+    training sets overlap, so their differences are correlated and the plain paired t-test's variance is too small;
+    this one multiplies it by (1/k + n_test/n_train) instead of 1/k; `test_train_ratio` 0 is the plain paired
+    t-test."""
     differences = np.asarray(differences, dtype=np.float64)
     differences = differences[~np.isnan(differences)]
     if len(differences) < 2:
         return float("nan"), float("nan")
-    mean, sd = differences.mean(), differences.std(ddof=1)
-    if sd == 0:
+    mean, variance = differences.mean(), differences.var(ddof=1)
+    if variance == 0:
         return (float("nan"), 1.0) if mean == 0 else (float("nan"), float("nan"))
-    statistic = mean / (sd / math.sqrt(len(differences)))
+    statistic = mean / math.sqrt((1 / len(differences) + test_train_ratio) * variance)
     return float(statistic), float(2 * student_t.sf(abs(statistic), len(differences) - 1))
 
 
@@ -230,25 +238,34 @@ def sign_test(differences: np.ndarray) -> tuple[int, int, float]:
     return above, below, mcnemar_exact(below, above)
 
 
-def fold_tests(differences: pd.DataFrame) -> pd.DataFrame:
+def fold_tests(differences: pd.DataFrame, test_train_ratio: float) -> pd.DataFrame:
     """A row per setting and metric: folds (where the difference is defined), mean and sd of the fold differences,
-    the paired t-test (t, p_t) and the sign test (above, below, p_sign), each p also Holm-adjusted within its test
-    over all rows."""
+    the paired t-test (t, p_t), Nadeau & Bengio's corrected one (t_corrected, p_corrected; `test_train_ratio`: the
+    folds' mean validation / training study ratio) and the sign test (above, below, p_sign), each p also
+    Holm-adjusted within its test over all rows."""
     rows = []
     for (run, metric), group in differences.groupby(["run", "metric"], sort=False):
         values = group["difference"].to_numpy(dtype=np.float64)
         defined = values[~np.isnan(values)]
         statistic, p_t = paired_t_test(defined)
+        corrected, p_corrected = corrected_t_test(defined, test_train_ratio)
         above, below, p_sign = sign_test(defined)
         rows.append({"run": run, "baseline": group["baseline"].iloc[0], "metric": metric, "folds": len(defined),
                      "mean": defined.mean() if len(defined) else np.nan,
                      "sd": defined.std(ddof=1) if len(defined) > 1 else np.nan,
-                     "t": statistic, "p_t": p_t, "above": above, "below": below, "p_sign": p_sign})
+                     "t": statistic, "p_t": p_t, "t_corrected": corrected, "p_corrected": p_corrected,
+                     "above": above, "below": below, "p_sign": p_sign})
     table = pd.DataFrame(rows)
     if not table.empty:
-        table.insert(table.columns.get_loc("p_t") + 1, "p_t_holm", holm(table["p_t"].to_numpy(dtype=np.float64)))
-        table["p_sign_holm"] = holm(table["p_sign"].to_numpy(dtype=np.float64))
+        for column in ("p_t", "p_corrected", "p_sign"):
+            table.insert(table.columns.get_loc(column) + 1, f"{column}_holm", holm(table[column].to_numpy(dtype=np.float64)))
     return table
+
+
+def test_train_ratio(setting: CrossValidatedSetting) -> float:
+    """The folds' mean ratio of validation to training studies (1/(k-1) for k equal folds)."""
+    sizes = np.array([len(setting.fold_studies[fold]) for fold in sorted(setting.fold_studies)], dtype=np.float64)
+    return float(np.mean(sizes / (sizes.sum() - sizes)))
 
 
 def seed_groups(settings: list[CrossValidatedSetting], threshold: float | None = None) -> pd.DataFrame:
@@ -313,8 +330,10 @@ def cross_validation_markdown(pooled: pd.DataFrame, settings: list[CrossValidate
         "## Fold by fold",
         "",
         "Each fold's validation kappa and AUROC, setting - baseline, fold by fold; mean and sd over the folds, the "
-        "paired t-test (n - 1 degrees of freedom) and the sign test (folds above / below 0), p raw / Holm-adjusted "
-        "within each test over all rows.",
+        "paired t-test (n - 1 degrees of freedom), Nadeau & Bengio's corrected resampled t-test (the folds' training "
+        "sets overlap, so the plain test's p is too small; the corrected one multiplies the variance by 1/k + "
+        "n_validation/n_training) and the sign test (folds above / below 0), p raw / Holm-adjusted within each test "
+        "over all rows.",
         "",
         _fold_table(folds, tests).to_markdown(index=False, disable_numparse=True),
         "",
@@ -354,6 +373,7 @@ def _fold_table(folds: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
             **{f"fold {row.fold}": signed(row.difference) for row in fold_rows.itertuples()},
             "mean (sd)": f"{signed(test.mean)} ({_plain(test.sd)})",
             "t-test p": f"{p_text(test.p_t)} / {p_text(test.p_t_holm)}",
+            "corrected t p": f"{p_text(test.p_corrected)} / {p_text(test.p_corrected_holm)}",
             "sign test": f"{test.above}/{test.below}, p {p_text(test.p_sign)} / {p_text(test.p_sign_holm)}",
         })
     return pd.DataFrame(rows)

@@ -38,7 +38,7 @@ class PredictionStore(Metric):
         if not self.has_rows:
             return {name: torch.empty(0) for name in FIELDS}
         columns = {name: dim_zero_cat(getattr(self, name)) for name in FIELDS}
-        _, first = _first_occurrence(columns["image_idx"])
+        _, first = first_occurrence(columns["image_idx"])
         return {name: values[first] for name, values in columns.items()}
 
     @property
@@ -48,7 +48,7 @@ class PredictionStore(Metric):
         return state.numel() > 0 if isinstance(state, torch.Tensor) else len(state) > 0
 
 
-def _first_occurrence(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def first_occurrence(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted unique keys and, for each, the position of its first occurrence."""
     unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
     positions = torch.arange(len(keys), device=keys.device)

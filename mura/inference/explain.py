@@ -225,7 +225,8 @@ def study_heatmap_figure(
     maps, probabilities = gradcam_maps(model.network, inputs)
     study_probability, weights = probabilities.mean(), None
     if model.is_study_model:  # a second pass, through the pooling (the maps are of each view's own logit)
-        study_probability, _, weights = model.score_study(inputs.to(next(model.parameters()).device))
+        with _no_autotuning():
+            study_probability, _, weights = model.score_study(inputs.to(next(model.parameters()).device))
     image_size = inputs.shape[-1]
     # At the network's resolution: in pad mode exactly the pixels it saw, the padding left out.
     shown = [resize_image(torch.from_numpy(pixels)[None], list(fitted_size(*pixels.shape, image_size)),

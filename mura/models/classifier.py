@@ -21,7 +21,7 @@ from mura.data.index import BODY_PARTS
 from mura.data.study_batches import STUDY_MODELS, STUDY_POOLINGS, per_view
 from mura.data.transforms import build_transforms
 from mura.evaluation.metrics import BOOTSTRAP_REPLICATES, flatten_for_logging, format_metric, metrics_report
-from mura.evaluation.store import PredictionStore, predictions_frame
+from mura.evaluation.store import PredictionStore, first_occurrence, predictions_frame
 from mura.models.backbones import build_backbone, classifier_head, view_embedding
 from mura.models.loss import StudyTypeWeightedBCE
 from mura.models.loss_watch import DeferredLossCheck
@@ -81,8 +81,13 @@ class MuraClassifier(pl.LightningModule):
         self.network = build_backbone(backbone, in_channels, image_size, pretrained, weights_path)
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.pooling = (StudyPooling(study_pooling, classifier_head(self.network).in_features, attention_dim)
-                        if study_pooling in STUDY_MODELS else None)
+        self.pooling = None
+        if study_pooling in STUDY_MODELS:
+            head = classifier_head(self.network)
+            if not isinstance(head, torch.nn.Linear):
+                raise ConfigError(f"model.study_pooling={study_pooling} needs a backbone whose classifier head is one "
+                                  f"linear layer over its embedding; {backbone}'s is a {type(head).__name__}")
+            self.pooling = StudyPooling(study_pooling, head.in_features, attention_dim)
         self.criterion = StudyTypeWeightedBCE(BODY_PARTS, weighted=loss_weighted)
         self.device_augmentation = DeviceAugmentation(recipe, in_channels)
         self.optimizer_factory = optimizer
@@ -172,6 +177,11 @@ class MuraClassifier(pl.LightningModule):
                        if sum(counts[part].values())}
             log.info("loss weights w_abnormal per body part (from %s counts): %s",
                      "study" if self.is_study_model else "image", weights)
+            if self.is_study_model:
+                studies = sum(sum(part.values()) for part in counts.values())
+                views = sum(sum(part.values()) for part in datamodule.train_image_counts().values()) / max(studies, 1)
+                log.info("a study model: data.batch_size=%d counts studies, about %d images a batch at the training "
+                         "split's %.2f views a study", datamodule.batch_size, round(datamodule.batch_size * views), views)
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor | None:
         self.skipped_images.update(batch.get("skipped", []))
@@ -217,8 +227,11 @@ class MuraClassifier(pl.LightningModule):
         columns = store.compute()
         store.reset()
         images = predictions_frame(columns)
-        logits = columns["logit"].to(self.device)
-        loss = self.criterion(logits, columns["label"].to(self.device), columns["body_part_idx"].to(self.device))
+        # The loss the model trains on: per image for a view model, per study for a study model (whose rows are its
+        # studies' views, each carrying the study's logit: one row a study, or a 4-view study would count 4 times).
+        rows = first_occurrence(columns["study_idx"])[1] if self.is_study_model else slice(None)
+        logits = columns["logit"][rows].to(self.device)
+        loss = self.criterion(logits, columns["label"][rows].to(self.device), columns["body_part_idx"][rows].to(self.device))
         # Confidence intervals (a bootstrap over patients) for the test table only: per-epoch logging needs none.
         report = metrics_report(images, threshold=self.hparams.threshold, bootstrap=BOOTSTRAP_REPLICATES if stage == "test" else 0)
         self.reports[stage] = report

@@ -34,7 +34,7 @@ def padded(values: torch.Tensor, view_study: torch.Tensor, view_position: torch.
 
 class StudyPooling(nn.Module):
     """Per-view embeddings (N x D) -> study logits (B) and each view's weight in its study (N: attention's weights,
-    for max 1 on the view that gave the study logit and 0 elsewhere). `head` is the backbone's own classifier head,
+    for max 1 on the view that gave the study logit, the first of tied ones, and 0 elsewhere). `head` is the backbone's own classifier head,
     passed at each call (it belongs to the backbone: one set of weights, saved once)."""
 
     def __init__(self, kind: str, embedding_dim: int, attention_dim: int = 128):
@@ -52,8 +52,9 @@ class StudyPooling(nn.Module):
         if self.kind == "max":
             view_logits = head(embeddings).squeeze(1)
             grid, mask = padded(view_logits, view_study, view_position, studies, fill=float("-inf"))
-            study_logits = grid.max(dim=1).values
-            weights = (view_logits == study_logits[view_study]).to(embeddings.dtype)
+            study_logits, chosen = grid.max(dim=1)
+            # One view each, the first of tied ones: weights that sum to 1 whatever the ties (bf16 makes them likelier)
+            weights = (view_position == chosen[view_study]).to(embeddings.dtype)
             return study_logits, weights
         scores = self.attention_weight(torch.tanh(self.attention_value(embeddings))
                                        * torch.sigmoid(self.attention_gate(embeddings))).squeeze(1)
@@ -69,8 +70,9 @@ class StudyPooling(nn.Module):
         batch of that one study."""
         if self.kind == "max":
             view_logits = head(embeddings).squeeze(1)
-            logit = view_logits.max(dim=0, keepdim=True).values
-            return logit, (view_logits == logit).to(embeddings.dtype)
+            logit, chosen = view_logits.max(dim=0, keepdim=True)
+            positions = torch.cumsum(torch.ones_like(view_logits), dim=0) - 1  # 0..V-1, V dynamic in a traced graph
+            return logit, (positions == chosen).to(embeddings.dtype)
         scores = self.attention_weight(torch.tanh(self.attention_value(embeddings))
                                        * torch.sigmoid(self.attention_gate(embeddings))).squeeze(1)
         attention = torch.softmax(scores, dim=0)
