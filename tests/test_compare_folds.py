@@ -162,6 +162,9 @@ def test_settings_that_differ_only_in_seed_measure_the_noise(tmp_path: Path):
     warmup = table[(table["run"] == "warmup") & (table["group"] == "overall")].set_index("metric")["difference"]
     beyond = abs(warmup["kappa"]) > seeds.loc["kappa", "largest_seed_difference"]
     assert f"| warmup | {warmup['kappa']:+.3f} |" in markdown
+    # The summary: a row per setting, the baseline's pooled kappa first, each setting's with its difference.
+    summary = markdown.split("## Summary")[1].split("## Pooled")[0]
+    assert f"| paper       | {pooled['paper']:.3f}" in summary and f"{warmup['kappa']:+.3f} (" in summary
     assert ("yes: kappa" in markdown.split("| warmup |")[-1].splitlines()[0]) == beyond
 
 

@@ -321,6 +321,15 @@ def cross_validation_markdown(pooled: pd.DataFrame, settings: list[CrossValidate
         *(f"| {setting.name} | `{setting.overrides or '(common settings)'}` | {setting.seed} | {_fold_runs(setting)} |"
           for setting in settings),
         "",
+        "## Summary",
+        "",
+        summary_table(pooled, tests, seeds, settings, baseline).to_markdown(index=False, disable_numparse=True),
+        "",
+        "Pooled: every training study once; Δ = setting - baseline with its 95% paired bootstrap interval, p raw / "
+        "Holm (kappa: the bootstrap's; AUROC: DeLong's). Folds: the folds whose kappa rose / fell, and Nadeau & "
+        "Bengio's corrected t-test's p over them. Seed noise: whether the difference exceeds every difference "
+        "between the baseline recipe's seeds (n/a without seeds). The sections below hold the rest.",
+        "",
         "## Pooled out-of-fold studies: paired differences from the baseline",
         "",
     ]
@@ -402,16 +411,56 @@ def _seed_section(pooled: pd.DataFrame, seeds: pd.DataFrame, baseline: CrossVali
         if setting is baseline:
             continue
         differences = {metric: overall.get((setting.name, metric), np.nan) for metric in FOLD_METRICS}
-        if setting.seed_group == baseline.seed_group:
-            verdict = f"(the baseline recipe, seed {setting.seed})"
-        else:
-            beyond = [METRIC_NAMES[metric] for metric in FOLD_METRICS
-                      if abs(differences[metric]) > noise.loc[metric, "largest_seed_difference"]]
-            verdict = ("yes: " + " and ".join(beyond)) if beyond else "no"
+        verdict = _noise_verdict(setting, baseline, noise, differences)
         lines.append(f"| {setting.name} | {signed(differences['kappa'])} | {signed(differences['auroc'])} | {verdict} |")
     lines += ["", "Beyond: the difference is larger than the largest difference between two seeds of the baseline "
               "recipe. A few seeds give a rough floor, not a test.", ""]
     return lines
+
+
+def _noise_verdict(setting: CrossValidatedSetting, baseline: CrossValidatedSetting, noise: pd.DataFrame,
+                   differences: dict[str, float]) -> str:
+    """Whether a setting's pooled differences exceed the baseline recipe's largest seed-to-seed difference."""
+    if noise.empty:
+        return "n/a"
+    if setting.seed_group == baseline.seed_group:
+        return f"(the baseline recipe, seed {setting.seed})"
+    beyond = [METRIC_NAMES[metric] for metric in FOLD_METRICS
+              if abs(differences[metric]) > noise.loc[metric, "largest_seed_difference"]]
+    return ("yes: " + " and ".join(beyond)) if beyond else "no"
+
+
+def summary_table(pooled: pd.DataFrame, tests: pd.DataFrame, seeds: pd.DataFrame,
+                  settings: list[CrossValidatedSetting], baseline: CrossValidatedSetting) -> pd.DataFrame:
+    """A row per setting, the baseline first: pooled kappa and AUROC, their differences from the baseline with
+    interval and p (raw / Holm), the folds whose kappa rose / fell with the corrected t-test's p, and the seed-noise
+    verdict."""
+    overall = pooled[pooled["group"] == "overall"].set_index(["run", "metric"])
+    noise = seeds[seeds["group"] == (baseline.seed_group or "(common settings)")].set_index("metric") \
+        if not seeds.empty else pd.DataFrame()
+    first = overall.xs("kappa", level="metric").iloc[0], overall.xs("auroc", level="metric").iloc[0]
+    rows = [{"setting": baseline.name, "kappa": _plain(first[0]["baseline_value"]), "Δ kappa (95% CI)": "baseline",
+             "p kappa": "", "AUROC": _plain(first[1]["baseline_value"]), "Δ AUROC (95% CI)": "baseline",
+             "p AUROC": "", "folds ↑/↓ (kappa), corrected t p": "", "beyond seed noise": ""}]
+    fold_tests = tests.set_index(["run", "metric"]) if not tests.empty else pd.DataFrame()
+    for setting in settings:
+        if setting is baseline:
+            continue
+        kappa, auroc = overall.loc[(setting.name, "kappa")], overall.loc[(setting.name, "auroc")]
+        folds = fold_tests.loc[(setting.name, "kappa")] if (setting.name, "kappa") in fold_tests.index else None
+        rows.append({
+            "setting": setting.name, "kappa": _plain(kappa["run_value"]),
+            "Δ kappa (95% CI)": f"{signed(kappa['difference'])} ({_plain(kappa['ci_low'])} to {_plain(kappa['ci_high'])})",
+            "p kappa": f"{p_text(kappa['p_value'])} / {p_text(kappa['p_holm'])}",
+            "AUROC": _plain(auroc["run_value"]),
+            "Δ AUROC (95% CI)": f"{signed(auroc['difference'])} ({_plain(auroc['ci_low'])} to {_plain(auroc['ci_high'])})",
+            "p AUROC": f"{p_text(auroc['p_value'])} / {p_text(auroc['p_holm'])}",
+            "folds ↑/↓ (kappa), corrected t p": "" if folds is None else
+            f"{folds['above']}/{folds['below']}, {p_text(folds['p_corrected'])}",
+            "beyond seed noise": _noise_verdict(setting, baseline, noise, {"kappa": kappa["difference"],
+                                                                            "auroc": auroc["difference"]}),
+        })
+    return pd.DataFrame(rows)
 
 
 def _plain(value: float) -> str:
