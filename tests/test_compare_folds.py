@@ -16,7 +16,7 @@ from scipy.stats import t as t_distribution
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from test_compare import PREDICTION_COLUMNS, fabricated_studies, perturbed, write_run
 
-from conftest import compose_config, run_main_in_process, tiny_training_overrides
+from conftest import compose_config
 from mura.app.errors import ConfigError
 from mura.compare import compare
 from mura.evaluation.comparison import compare_runs, holm
@@ -168,15 +168,13 @@ def test_settings_that_differ_only_in_seed_measure_the_noise(tmp_path: Path):
     assert ("yes: kappa" in markdown.split("| warmup |")[-1].splitlines()[0]) == beyond
 
 
-def test_a_real_cross_validation_sweep_is_pooled(synthetic_root: Path, tmp_path: Path):
-    """Two folds trained by `mura.train -m` (in this process), then the same sweep with other predictions as a
-    second seed: the files compare reads, as training writes them."""
+def test_a_real_cross_validation_sweep_is_pooled(cross_validation_sweep, tmp_path: Path):
+    """Two folds trained by `mura.train -m`, then the same sweep with other predictions as a second seed: the files
+    compare reads, as training writes them."""
+    trained, result = cross_validation_sweep
+    assert result.returncode == 0, result.stderr[-3000:]
     sweep = tmp_path / "sweep"
-    overrides = [item for item in tiny_training_overrides(synthetic_root, tmp_path) if not item.startswith("paths.")]
-    code = run_main_in_process("train", ["-m", *overrides, "trainer.max_epochs=1", "data.cv_folds=2", "data.cv_fold=0,1",
-                                         "~callbacks.gradcam", "test=false",
-                                         f"hydra.sweep.dir={sweep}"])
-    assert code == 0
+    shutil.copytree(trained, sweep)
     pooled = pd.concat([pd.read_csv(sweep / fold / "val_predictions.csv") for fold in ("0", "1")])
     splits = pd.read_csv(sweep / "0" / "splits.csv")
     assert sorted(pooled["study"]) == sorted(splits.loc[splits["split"] != "test", "study"].unique())

@@ -4,8 +4,6 @@ aspect-preserving resize. Real compositions, real trainers, tiny models."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -92,16 +90,13 @@ def test_cross_validation_folds_are_patient_grouped_stratified_and_deterministic
 
 
 @pytest.mark.slow
-def test_a_cross_validated_sweep_is_summarised_as_mean_and_sd_per_setting(synthetic_root: Path, tmp_path: Path):
+def test_a_cross_validated_sweep_is_summarised_as_mean_and_sd_per_setting(cross_validation_sweep, synthetic_root: Path,
+                                                                          tmp_path: Path):
     """A Hydra multirun through the command line (the basic launcher, one job per fold), then one table of it, and the
     folds' models as one ensemble."""
     from mura.summarize import summarize
 
-    sweep = tmp_path / "cv"
-    result = subprocess.run(
-        [sys.executable, "-m", "mura.train", "-m", "experiment=demo", f"data.root={synthetic_root}", "data.num_workers=0",
-         "data.image_size=32", "trainer.max_epochs=1", "callbacks.gradcam.every_n_epochs=0", "data.cv_folds=2",
-         "data.cv_fold=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    sweep, result = cross_validation_sweep
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
         assert f"data.cv_fold={job}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
