@@ -78,7 +78,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_roo
     assert not (crashed / "metrics.json").exists()
     last = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 0  # the end of the first epoch survived the kill
-    run_train([*cli_overrides(synthetic_root, crashed, epochs=2, workers=2), "ckpt_path=last"], tmp_path)
+    # The resume, the command's own main in this process (a second interpreter would only add its start-up)
+    assert run_main_in_process("train", [*cli_overrides(synthetic_root, crashed, epochs=2, workers=2), "ckpt_path=last"]) == 0
     expected, resumed = final_numbers(straight), final_numbers(crashed)
     assert expected.keys() == resumed.keys()
     for key, value in expected.items():
