@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev,sweep,tracking,export]'
+	$(BIN)/pip install -e '.[dev,sweep,tracking,export,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m mura.bench
+
+# The user manual (mkdocs.yml, docs/) into site/; --strict: a broken link, a missing page or snippet fails.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) outputs/* multirun data/synthetic

@@ -151,7 +151,7 @@ def sync_batchnorm_where_supported(trainer_cfg: DictConfig) -> bool:
 def autotuning(trainer_cfg: DictConfig, model) -> bool | None:
     """trainer.benchmark (cuDNN autotuning), but for a study model: its batches hold as many images as their
     studies have views, a new count nearly every batch, and autotuning starts over for each (57 s against 2 s for an
-    epoch when it did so for a few shapes, README 'Speed')."""
+    epoch when it did so for a few shapes, docs/speed.md)."""
     asked = trainer_cfg.get("benchmark")
     if asked and model.is_study_model:
         log.info("trainer.benchmark: off for a study model (batches of whole studies hold a different number of "

@@ -101,7 +101,7 @@ def example_input(model: MuraClassifier, batch: int = EXAMPLE_BATCH, seed: int =
 
 @contextlib.contextmanager
 def _quiet_torchscript_deprecation() -> Iterator[None]:
-    """torch.jit warns at every call that TorchScript is deprecated; the README says it once, with ONNX as the
+    """torch.jit warns at every call that TorchScript is deprecated; docs/export.md says it once, with ONNX as the
     format to prefer. Only that warning, only here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
