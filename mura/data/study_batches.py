@@ -78,6 +78,8 @@ def collate_studies(studies: list[list[dict]]) -> dict:
         "path": [sample["path"] for sample in views],
         "view_study": torch.as_tensor(view_study),
         "view_position": torch.as_tensor(view_position),
+        # The largest study's view count, a host int: the model lays views out by it without reading the device
+        "views": max(view_position) + 1,
         "skipped": skipped,
     })
     return batch

@@ -400,7 +400,7 @@ def _seed_section(pooled: pd.DataFrame, seeds: pd.DataFrame, baseline: CrossVali
                            largest_seed_difference=seeds["largest_seed_difference"].map(_plain))
               .rename(columns={"largest_seed_difference": "largest seed difference"})
               .to_markdown(index=False, disable_numparse=True), ""]
-    noise = seeds[seeds["group"] == (baseline.seed_group or "(common settings)")].set_index("metric")
+    noise = _baseline_noise(seeds, baseline)
     if noise.empty:
         return lines
     lines += [f"Against the baseline recipe's seed noise ({noise.loc['kappa', 'seeds'].count(' ') + 1} seeds), each "
@@ -416,6 +416,13 @@ def _seed_section(pooled: pd.DataFrame, seeds: pd.DataFrame, baseline: CrossVali
     lines += ["", "Beyond: the difference is larger than the largest difference between two seeds of the baseline "
               "recipe. A few seeds give a rough floor, not a test.", ""]
     return lines
+
+
+def _baseline_noise(seeds: pd.DataFrame, baseline: CrossValidatedSetting) -> pd.DataFrame:
+    """The baseline recipe's seed group, by metric; empty without one."""
+    if seeds.empty:
+        return pd.DataFrame()
+    return seeds[seeds["group"] == (baseline.seed_group or "(common settings)")].set_index("metric")
 
 
 def _noise_verdict(setting: CrossValidatedSetting, baseline: CrossValidatedSetting, noise: pd.DataFrame,
@@ -436,8 +443,7 @@ def summary_table(pooled: pd.DataFrame, tests: pd.DataFrame, seeds: pd.DataFrame
     interval and p (raw / Holm), the folds whose kappa rose / fell with the corrected t-test's p, and the seed-noise
     verdict."""
     overall = pooled[pooled["group"] == "overall"].set_index(["run", "metric"])
-    noise = seeds[seeds["group"] == (baseline.seed_group or "(common settings)")].set_index("metric") \
-        if not seeds.empty else pd.DataFrame()
+    noise = _baseline_noise(seeds, baseline)
     first = overall.xs("kappa", level="metric").iloc[0], overall.xs("auroc", level="metric").iloc[0]
     rows = [{"setting": baseline.name, "kappa": _plain(first[0]["baseline_value"]), "Δ kappa (95% CI)": "baseline",
              "p kappa": "", "AUROC": _plain(first[1]["baseline_value"]), "Δ AUROC (95% CI)": "baseline",

@@ -112,13 +112,13 @@ class MuraClassifier(pl.LightningModule):
         return self.pooling is not None
 
     def study_forward(self, images: torch.Tensor, view_study: torch.Tensor, view_position: torch.Tensor,
-                      studies: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      studies: int, views: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A study model's (study logits (B), each view's weight in its study (N)) for N views of B studies."""
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         embeddings = view_embedding(self.network, images)
         view_study, view_position = view_study.to(images.device), view_position.to(images.device)
-        return self.pooling(embeddings, view_study, view_position, studies, classifier_head(self.network))
+        return self.pooling(embeddings, view_study, view_position, studies, classifier_head(self.network), views)
 
     def score_study(self, views: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
         """One study's (probability, each view's probability on its own, each view's weight in the study) from its
@@ -129,7 +129,7 @@ class MuraClassifier(pl.LightningModule):
             if not self.is_study_model:
                 return float(np.mean(view_probabilities)), view_probabilities, np.full(len(views), 1 / len(views))
             count = torch.arange(len(views), device=views.device)
-            logits, weights = self.study_forward(views, torch.zeros_like(count), count, 1)
+            logits, weights = self.study_forward(views, torch.zeros_like(count), count, 1, len(views))
         return float(torch.sigmoid(logits.double())[0]), view_probabilities, weights.double().cpu().numpy()
 
     def batch_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +138,8 @@ class MuraClassifier(pl.LightningModule):
         if "view_study" not in batch:
             logits = self(batch["image"])
             return logits, logits
-        logits, _ = self.study_forward(batch["image"], batch["view_study"], batch["view_position"], len(batch["label"]))
+        logits, _ = self.study_forward(batch["image"], batch["view_study"], batch["view_position"], len(batch["label"]),
+                                       batch.get("views"))
         return logits, logits[batch["view_study"]]
 
     def preprocess(self, images: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:

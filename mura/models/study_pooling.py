@@ -22,9 +22,11 @@ from mura.data.study_batches import STUDY_MODELS
 
 
 def padded(values: torch.Tensor, view_study: torch.Tensor, view_position: torch.Tensor, studies: int,
-           fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B x V x ... values, B x V mask) from N x ... per-view values; padding holds `fill`."""
-    views = int(view_position.max()) + 1 if len(view_position) else 1
+           fill: float = 0.0, views: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B x V x ... values, B x V mask) from N x ... per-view values; padding holds `fill`. `views` (V, the largest
+    study's) as the batch says it on the host; without it, read from `view_position` (a device read: a wait on a GPU)."""
+    if views is None:
+        views = int(view_position.max()) + 1 if len(view_position) else 1
     out = values.new_full((studies, views, *values.shape[1:]), fill)
     out[view_study, view_position] = values
     mask = torch.zeros(studies, views, dtype=torch.bool, device=values.device)
@@ -48,19 +50,21 @@ class StudyPooling(nn.Module):
             self.attention_weight = nn.Linear(attention_dim, 1)             # w
 
     def forward(self, embeddings: torch.Tensor, view_study: torch.Tensor, view_position: torch.Tensor, studies: int,
-                head: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+                head: nn.Module, views: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if views is None:  # once for the batch, not at each layout below
+            views = int(view_position.max()) + 1 if len(view_position) else 1
         if self.kind == "max":
             view_logits = head(embeddings).squeeze(1)
-            grid, mask = padded(view_logits, view_study, view_position, studies, fill=float("-inf"))
+            grid, mask = padded(view_logits, view_study, view_position, studies, float("-inf"), views)
             study_logits, chosen = grid.max(dim=1)
             # One view each, the first of tied ones: weights that sum to 1 whatever the ties (bf16 makes them likelier)
             weights = (view_position == chosen[view_study]).to(embeddings.dtype)
             return study_logits, weights
         scores = self.attention_weight(torch.tanh(self.attention_value(embeddings))
                                        * torch.sigmoid(self.attention_gate(embeddings))).squeeze(1)
-        grid, mask = padded(scores, view_study, view_position, studies, fill=float("-inf"))
+        grid, mask = padded(scores, view_study, view_position, studies, float("-inf"), views)
         attention = torch.softmax(grid, dim=1).masked_fill(~mask, 0.0)  # B x V, 0 on padding
-        embedded, _ = padded(embeddings, view_study, view_position, studies)
+        embedded, _ = padded(embeddings, view_study, view_position, studies, views=views)
         pooled = (attention.unsqueeze(2) * embedded).sum(dim=1)
         return head(pooled).squeeze(1), attention[view_study, view_position]
 
