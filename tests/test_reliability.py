@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -19,6 +19,7 @@ import torch
 
 from conftest import REPO, compose_config, run_main_in_process, tiny_training_overrides
 from mura.data.datamodule import MuraDataModule
+from mura.data.loader_workers import stop_loader_workers
 from mura.data.sampling import SeededSampler
 from mura.models.checkpoint import AtomicCheckpointIO
 from mura.models.loss_watch import NonFiniteLossError
@@ -163,6 +164,23 @@ def test_nan_loss_stops_with_step_and_batch(synthetic_root: Path, tmp_path: Path
     cfg = compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "+trainer.num_sanity_val_steps=0"])
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 0, global step 0, batch 0 \(first image "):
         train(cfg)
+
+
+class _StopInValidation(pl.Callback):
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            raise _Stop
+
+
+def test_a_fit_ended_by_an_exception_leaves_no_loader_worker_behind(synthetic_root: Path, tmp_path: Path):
+    """Stopped in validation, the train loader's persistent workers are alive; left to the garbage collector, their
+    clean-up took 10 s of whatever ran next in the process."""
+    before = {child.pid for child in multiprocessing.active_children()}
+    cfg = compose_config([*tiny_training_overrides(synthetic_root, tmp_path), "data.num_workers=2", "trainer.max_epochs=1",
+                          f"+callbacks.stop._target_={__name__}._StopInValidation"])
+    with pytest.raises(_Stop):
+        train(cfg)
+    assert [child.pid for child in multiprocessing.active_children() if child.pid not in before] == []
 
 
 @pytest.mark.slow
@@ -457,9 +475,11 @@ def test_a_resumed_fit_trains_on_the_batches_the_uninterrupted_one_does(tmp_path
         trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
                              accelerator="cpu", num_sanity_val_steps=0, default_root_dir=folder,
                              callbacks=[pl.callbacks.OnExceptionCheckpoint(folder, "interrupted")])
-        with contextlib.suppress(_Stop):
+        try:
             trainer.fit(_Recorder(trained, per_step_schedule=per_step_schedule, **stop), datamodule=_ResumableData(workers),
                         ckpt_path=ckpt_path)
+        except _Stop:
+            stop_loader_workers(trainer)  # as mura.train does (the garbage collector's clean-up would wait 10 s)
 
     straight, resumed = [], []
     fit(straight, tmp_path / "straight")
