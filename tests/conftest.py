@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -106,19 +104,6 @@ def trained_run(synthetic_root: Path, tmp_path_factory) -> tuple[Path, dict]:
     output_dir = tmp_path_factory.mktemp("trained_run")
     metrics = train(compose_config([*tiny_training_overrides(synthetic_root, output_dir), "callbacks.gradcam.every_n_epochs=1"]))
     return output_dir, metrics
-
-
-@pytest.fixture(scope="session")
-def cross_validation_sweep(synthetic_root: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A two-fold cross-validation sweep through the command line (`python -m mura.train -m`, the basic launcher, one
-    job per fold), shared by the tests that read sweeps (summarize, compare)."""
-    folder = tmp_path_factory.mktemp("cross_validation")
-    sweep = folder / "cv"
-    result = subprocess.run(
-        [sys.executable, "-m", "mura.train", "-m", "experiment=demo", f"data.root={synthetic_root}", "data.num_workers=0",
-         "data.image_size=32", "trainer.max_epochs=1", "callbacks.gradcam.every_n_epochs=0", "data.cv_folds=2",
-         "data.cv_fold=0,1", f"hydra.sweep.dir={sweep}"], cwd=folder, capture_output=True, text=True, timeout=300)
-    return sweep, result
 
 
 def run_main_in_process(command: str, args: list[str]) -> int | str | None:

@@ -1,11 +1,14 @@
 """mura.compare on cross-validated settings: each setting's folds pooled (every training study once), the paired
 tests on the pool, the fold-by-fold tests against scipy, seed groups, and the refusals; on fold run folders as
-mura.train writes them (a real in-process sweep) and on fabricated ones."""
+mura.train writes them (a real command-line sweep, which mura.summarize and an ensemble read too) and on fabricated
+ones."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +22,10 @@ from test_compare import PREDICTION_COLUMNS, fabricated_studies, perturbed, writ
 from conftest import compose_config
 from mura.app.errors import ConfigError
 from mura.compare import compare
+from mura.evaluate import evaluate
 from mura.evaluation.comparison import compare_runs, holm
 from mura.evaluation.out_of_fold import corrected_t_test, paired_t_test, sign_test
+from mura.summarize import summarize
 
 FOLDS = 4
 
@@ -168,11 +173,35 @@ def test_settings_that_differ_only_in_seed_measure_the_noise(tmp_path: Path):
     assert ("yes: kappa" in markdown.split("| warmup |")[-1].splitlines()[0]) == beyond
 
 
-def test_a_real_cross_validation_sweep_is_pooled(cross_validation_sweep, tmp_path: Path):
-    """Two folds trained by `mura.train -m`, then the same sweep with other predictions as a second seed: the files
-    compare reads, as training writes them."""
-    trained, result = cross_validation_sweep
+@pytest.mark.slow
+def test_a_real_cross_validation_sweep_is_summarised_ensembled_and_pooled(synthetic_root: Path, tmp_path: Path):
+    """Two folds trained by `mura.train -m` (the command line, the basic launcher, one job per fold), then every reader
+    of a sweep on it: one summary table (mean and sd per setting), the folds' models as one ensemble, and mura.compare
+    pooling the folds, with the same sweep given other predictions as a second seed. One sweep for all: each costs
+    a Python start-up and two trainings."""
+    trained = tmp_path / "cv"
+    result = subprocess.run(
+        [sys.executable, "-m", "mura.train", "-m", "experiment=demo", f"data.root={synthetic_root}", "data.num_workers=0",
+         "data.image_size=32", "trainer.max_epochs=1", "callbacks.gradcam.every_n_epochs=0", "data.cv_folds=2",
+         "data.cv_fold=0,1", f"hydra.sweep.dir={trained}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert f"data.cv_fold={job}" in (trained / job / ".hydra" / "overrides.yaml").read_text()
+        assert (trained / job / "metrics.json").is_file() and (trained / job / "selection.json").is_file()
+    markdown = summarize(compose_config([f"runs={trained}", f"paths.output_dir={tmp_path / 'summary'}"], config_name="summarize"))
+    folds = pd.read_csv(tmp_path / "summary" / "summary.csv")
+    assert sorted(folds["cv_fold"]) == [0, 1] and sorted(folds["settings"]) == ["data.cv_fold=0", "data.cv_fold=1"]
+    assert "2 run(s)" in markdown and "`experiment=demo`" in markdown and "`data.cv_folds=2`" in markdown
+    cross = pd.read_csv(tmp_path / "summary" / "summary_cv.csv")
+    assert cross["folds"].tolist() == [2]
+    assert cross.loc[0, "val_kappa_mean"] == pytest.approx(folds["val_study_kappa"].mean())
+    assert cross.loc[0, "val_auroc_sd"] == pytest.approx(folds["val_study_auroc"].std())
+    assert "Cross-validation" in markdown and "+-" in markdown
+    # The folds' models as one ensemble on the test split.
+    report = evaluate(compose_config([f"ckpt_path='{trained}/*/checkpoints/best.ckpt'", f"data.root={synthetic_root}",
+                                      "data.num_workers=0", f"paths.output_dir={tmp_path / 'ensemble'}"], config_name="evaluate"))
+    assert "ensemble of 2" in (tmp_path / "ensemble" / "report.md").read_text() and report["study"]["overall"]["n"] > 0
+    # mura.compare: the files it reads, as training writes them
     sweep = tmp_path / "sweep"
     shutil.copytree(trained, sweep)
     pooled = pd.concat([pd.read_csv(sweep / fold / "val_predictions.csv") for fold in ("0", "1")])

@@ -89,33 +89,6 @@ def test_cross_validation_folds_are_patient_grouped_stratified_and_deterministic
     assert module.state_dict()["split"]["cv_fold"] == 2
 
 
-@pytest.mark.slow
-def test_a_cross_validated_sweep_is_summarised_as_mean_and_sd_per_setting(cross_validation_sweep, synthetic_root: Path,
-                                                                          tmp_path: Path):
-    """A Hydra multirun through the command line (the basic launcher, one job per fold), then one table of it, and the
-    folds' models as one ensemble."""
-    from mura.summarize import summarize
-
-    sweep, result = cross_validation_sweep
-    assert result.returncode == 0, result.stderr[-3000:]
-    for job in ("0", "1"):
-        assert f"data.cv_fold={job}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
-        assert (sweep / job / "metrics.json").is_file() and (sweep / job / "selection.json").is_file()
-    markdown = summarize(compose_config([f"runs={sweep}", f"paths.output_dir={tmp_path / 'summary'}"], config_name="summarize"))
-    folds = pd.read_csv(tmp_path / "summary" / "summary.csv")
-    assert sorted(folds["cv_fold"]) == [0, 1] and sorted(folds["settings"]) == ["data.cv_fold=0", "data.cv_fold=1"]
-    assert "2 run(s)" in markdown and "`experiment=demo`" in markdown and "`data.cv_folds=2`" in markdown
-    cross = pd.read_csv(tmp_path / "summary" / "summary_cv.csv")
-    assert cross["folds"].tolist() == [2]
-    assert cross.loc[0, "val_kappa_mean"] == pytest.approx(folds["val_study_kappa"].mean())
-    assert cross.loc[0, "val_auroc_sd"] == pytest.approx(folds["val_study_auroc"].std())
-    assert "Cross-validation" in markdown and "+-" in markdown
-    # The folds' models as one ensemble on the test split.
-    report = evaluate(compose_config([f"ckpt_path='{sweep}/*/checkpoints/best.ckpt'", f"data.root={synthetic_root}",
-                                      "data.num_workers=0", f"paths.output_dir={tmp_path / 'ensemble'}"], config_name="evaluate"))
-    assert "ensemble of 2" in (tmp_path / "ensemble" / "report.md").read_text() and report["study"]["overall"]["n"] > 0
-
-
 def test_weight_averaging_validates_saves_and_tests_the_averaged_weights(synthetic_root: Path, tmp_path: Path):
     run = tmp_path / "ema"
     with warnings.catch_warnings(record=True) as caught:
