@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -102,12 +100,6 @@ def test_training_run_writes_the_whole_run_folder(trained_run):
     assert timings["after_fit"]["test_s"] > 0 and timings["after_fit"]["reports_s"] > 0
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "mura.train", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def small_experiment_overrides(experiment: str, root: Path) -> list[str]:
     shrink = [] if experiment.startswith("seed") else ["data.image_size=32", "model.pretrained=false"]
     return [f"experiment={experiment}", f"data.root={root}", "data.batch_size=4", "data.num_workers=0",
@@ -137,7 +129,8 @@ def test_one_real_epoch_of_every_experiment_writes_safe_checkpoints(experiment: 
 
 
 @pytest.mark.slow
-def test_optuna_receives_each_trials_selected_score_and_goes_on_past_an_undefined_one(synthetic_root: Path, tmp_path: Path):
+def test_optuna_receives_each_trials_selected_score_and_goes_on_past_an_undefined_one(synthetic_root: Path, tmp_path: Path,
+                                                                                      capfd, monkeypatch):
     """A trial's value is the score of the checkpoint it selected and tested; a trial whose score is undefined (an
     AUROC over one class) is recorded as failed and the search goes on. Two trials: the seeded sampler draws the
     undefined metric first, then val/study/kappa."""
@@ -156,13 +149,16 @@ def test_optuna_receives_each_trials_selected_score_and_goes_on_past_an_undefine
     (tmp_path / "configs" / "hparams_search").mkdir(parents=True)
     (tmp_path / "configs" / "hparams_search" / "probe.yaml").write_text("# @package _global_\n" + yaml.safe_dump(search))
     sweep_dir = tmp_path / "optuna"
-    result = run_cli(
-        ["hparams_search=probe", f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "experiment=demo",
-         f"data.root={synthetic_root}", "data.num_workers=0", "data.image_size=40", "data.val_fraction=0.3",
-         "trainer.max_epochs=2", "callbacks.gradcam.every_n_epochs=0", "hydra.sweeper.n_trials=2",
-         "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path,
-    )
+    # The command's own main, in this process (the sweeper runs its trials in-process anyway; a second interpreter
+    # would only add its start-up)
+    monkeypatch.chdir(tmp_path)
+    code = run_main_in_process("train", [
+        "hparams_search=probe", f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "experiment=demo",
+        f"data.root={synthetic_root}", "data.num_workers=0", "data.image_size=40", "data.val_fraction=0.3",
+        "trainer.max_epochs=2", "callbacks.gradcam.every_n_epochs=0", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep_dir}"])
+    printed = capfd.readouterr()
+    assert code == 0, printed.err[-3000:]
     jobs = {json.loads((sweep_dir / job / "selection.json").read_text())["metric"]: json.loads((sweep_dir / job / "selection.json").read_text())
             for job in ("0", "1")}
     assert set(jobs) == {"val/study/kappa", undefined}
@@ -173,8 +169,8 @@ def test_optuna_receives_each_trials_selected_score_and_goes_on_past_an_undefine
     kappa_job = next(job for job in ("0", "1") if "val/study/kappa" in (sweep_dir / job / ".hydra" / "overrides.yaml").read_text())
     history = json.loads((sweep_dir / kappa_job / "history.json").read_text())
     assert jobs["val/study/kappa"]["score"] == pytest.approx(max(row["val/study/kappa"] for row in history))
-    assert f"selection.metric {undefined} is undefined" in result.stderr
-    assert "Failed experiment" in result.stdout + result.stderr  # the sweeper's word for a trial recorded as failed
+    assert f"selection.metric {undefined} is undefined" in printed.err
+    assert "Failed experiment" in printed.out + printed.err  # the sweeper's word for a trial recorded as failed
 
 
 def test_one_selection_rule_drives_checkpoint_early_stopping_and_the_sweeper(synthetic_root: Path, tmp_path: Path, monkeypatch):
