@@ -186,12 +186,13 @@ def test_a_fit_ended_by_an_exception_leaves_no_loader_worker_behind(synthetic_ro
 @pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(synthetic_root: Path, tmp_path: Path):
     def run(seed: int, name: str) -> dict:
+        # test=false: the weights decide the test's numbers; validation already shows the evaluation is repeatable
         overrides = [*tiny_training_overrides(synthetic_root, tmp_path / name), f"seed={seed}", "trainer.max_epochs=1",
-                     "callbacks.gradcam.every_n_epochs=0", "trainer.deterministic=true", "data.image_size=32"]
+                     "callbacks.gradcam.every_n_epochs=0", "trainer.deterministic=true", "data.image_size=32", "test=false"]
         return train(compose_config(overrides))
 
     first, again, other = run(7, "a"), run(7, "b"), run(8, "c")
-    keys = ["val/loss", "train/loss", "test/loss"]
+    keys = ["val/loss", "train/loss", "val/study/auroc"]
     assert [first[k] for k in keys] == [again[k] for k in keys]
     assert [first[k] for k in keys] != [other[k] for k in keys]
 
