@@ -89,7 +89,7 @@ def tiny_training_overrides(root: Path, output_dir: Path) -> list[str]:
         "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false",
         "callbacks.gradcam.every_n_epochs=0",  # the final gallery only: a gallery costs a second or two
-        "callbacks.gradcam.studies_per_class=2",
+        "callbacks.gradcam.studies_per_class=1",
     ]
 
 
