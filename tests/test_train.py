@@ -131,9 +131,9 @@ def test_one_real_epoch_of_every_experiment_writes_safe_checkpoints(experiment: 
 @pytest.mark.slow
 def test_optuna_receives_each_trials_selected_score_and_goes_on_past_an_undefined_one(synthetic_root: Path, tmp_path: Path,
                                                                                       capfd, monkeypatch):
-    """A trial's value is the score of the checkpoint it selected and tested; a trial whose score is undefined (an
-    AUROC over one class) is recorded as failed and the search goes on. Two trials: the seeded sampler draws the
-    undefined metric first, then val/study/kappa."""
+    """A trial's value is the score of the checkpoint it selected (test=false: the value never depends on the test
+    split); a trial whose score is undefined (an AUROC over one class) is recorded as failed and the search goes on.
+    Two trials: the seeded sampler draws the undefined metric first, then val/study/kappa."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from mura.data.datamodule import MuraDataModule
 
@@ -155,7 +155,7 @@ def test_optuna_receives_each_trials_selected_score_and_goes_on_past_an_undefine
     code = run_main_in_process("train", [
         "hparams_search=probe", f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "experiment=demo",
         f"data.root={synthetic_root}", "data.num_workers=0", "data.image_size=40", "data.val_fraction=0.3",
-        "trainer.max_epochs=2", "callbacks.gradcam.every_n_epochs=0", "hydra.sweeper.n_trials=2",
+        "trainer.max_epochs=2", "callbacks.gradcam.every_n_epochs=0", "test=false", "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep_dir}"])
     printed = capfd.readouterr()
     assert code == 0, printed.err[-3000:]
