@@ -26,7 +26,6 @@ from mura.callbacks.gradcam import GradCamGallery
 from mura.callbacks.timing import note_run_start, run_timings, timed_after_fit
 from mura.data.datamodule import SKIPPED_IMAGES_FILE
 from mura.data.index import BODY_PARTS, refuse_writes_inside
-from mura.data.loader_workers import stop_loader_workers
 from mura.evaluation.metrics import LOGGED_METRICS
 from mura.evaluation.report import STUDY_MODEL_NOTE, metrics_table, predictions_tables, write_run_outputs
 from mura.models.checkpoint import checkpoint_epoch, checkpoint_step, read_checkpoint
@@ -87,9 +86,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except SIGTERMException:
         log.error("stopped by SIGTERM (how to resume: the warning above)")
         raise SystemExit(128 + signal.SIGTERM) from None
-    except BaseException:
-        stop_loader_workers(trainer)
-        raise
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
     selected = selected_checkpoint(trainer, cfg.selection.metric)
     metrics["selection/score"] = selected["score"]

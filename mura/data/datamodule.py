@@ -22,6 +22,7 @@ from mura.data.index import (
     parse_body_parts,
     refuse_writes_inside,
 )
+from mura.data.loader_workers import stop_loader_workers
 from mura.data.sampling import SeededSampler
 from mura.data.split import (
     SPLIT_ORDER,
@@ -255,6 +256,12 @@ class MuraDataModule(pl.LightningDataModule):
         if self.trainer is None or self.trainer.world_size == 1:
             return value
         return self.trainer.strategy.broadcast(value, src=0)
+
+    def on_exception(self, exception: BaseException) -> None:
+        """Lightning's hook for a fit, test or validation that ends in an exception (Ctrl-C and SIGTERM included),
+        called while the loaders are still at hand: their worker processes are stopped now (`stop_loader_workers`)."""
+        if self.trainer is not None:
+            stop_loader_workers(self.trainer)
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint: what defines the run's split, so `mura.evaluate` rebuilds the same one, and,

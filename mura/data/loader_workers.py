@@ -1,4 +1,5 @@
-"""Stopping the data loaders' worker processes of a fit that ended in an exception, at once."""
+"""Stopping the data loaders' worker processes of a trainer run that ended in an exception, at once
+(MuraDataModule.on_exception)."""
 
 from __future__ import annotations
 
