@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mura.callbacks.timing import record_drawing
+from mura.evaluation.figure_margins import set_margins
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def curves_figure(history: list[dict[str, float]], patience: int = 2) -> tuple[F
     epochs = [row["epoch"] for row in history]
     train_loss, val_loss = _series(history, "train/loss"), _series(history, "val/loss")
     onset_index = overfitting_onset(train_loss, val_loss, patience)
-    figure = Figure(figsize=(5 * len(PANELS), 4), layout="tight")
+    figure = Figure(figsize=(5 * len(PANELS), 4))
+    set_margins(figure, left=0.5, right=0.15, bottom=0.6, top=0.36, wspace=0.13)
     axes = figure.subplots(1, len(PANELS))
     for axis, (title, template) in zip(axes, PANELS, strict=True):
         for stage, style in (("train", "-o"), ("val", "-s")):

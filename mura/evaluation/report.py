@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
 from mura.data.index import BODY_PARTS
+from mura.evaluation.figure_margins import set_margins
 from mura.evaluation.html_report import ReportContent, write_report_html
 from mura.evaluation.metrics import (
     CALIBRATION_BINS,
@@ -218,7 +219,8 @@ def plot_roc(studies: pd.DataFrame, path: Path) -> None:
     Curves that coincide (e.g. several parts with AUROC 1.0) stay visible: each part has its own colour and line
     style and the earlier ones are wider, so later curves stripe on top of them; the overall curve comes last.
     """
-    figure = Figure(figsize=(6, 6), layout="tight")
+    figure = Figure(figsize=(6, 6))
+    set_margins(figure, left=0.7, right=0.15, bottom=0.6, top=0.36)
     axis = figure.subplots()
     parts = [(name, frame) for name, frame in studies.groupby("body_part", sort=True) if frame["label"].nunique() == 2]
     widths = np.linspace(4.0, 1.5, max(len(parts), 2))
@@ -244,7 +246,8 @@ def plot_confusion(studies: pd.DataFrame, threshold: float, path: Path) -> None:
     groups = [("overall", studies), *studies.groupby("body_part", sort=True)]
     columns = min(4, len(groups))  # one body part: overall and it, side by side, no empty panels beside them
     rows = int(np.ceil(len(groups) / columns))
-    figure = Figure(figsize=(3 * columns, 3 * rows), layout="tight")
+    figure = Figure(figsize=(3 * columns, 3 * rows))
+    set_margins(figure, left=1.15, right=0.15, bottom=0.55, top=0.32, wspace=0.65, hspace=0.35)
     axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.ravel()[len(groups):]:
         axis.axis("off")
