@@ -3,12 +3,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from command_process import run_command
 from mura.data.audit import audit_release, paper_loss_weights
 from mura.data.images import load_grayscale
 from mura.data.index import BODY_PARTS, build_index
@@ -73,10 +72,7 @@ def test_audit_reports_broken_files_and_mismatches(writable_root: Path):
 
 def test_audit_command_writes_json_and_markdown(synthetic_root: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "mura.audit", f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", "workers=1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )
+    result = run_command("mura.audit", [f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", "workers=1"], tmp_path)
     assert result.returncode == 0, result.stderr
     audit = json.loads((run_dir / "audit.json").read_text())
     assert audit["summary"]["duplicate_image"] == 2
@@ -101,10 +97,7 @@ def test_audit_command_writes_json_and_markdown(synthetic_root: Path, tmp_path: 
 
 
 def test_audit_command_without_root_fails_clearly(tmp_path: Path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mura.audit", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "MURA_ROOT": ""},
-    )
+    result = run_command("mura.audit", [f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, env={**os.environ, "MURA_ROOT": ""})
     assert result.returncode == 2
     assert "data.root is not set" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr

@@ -24,6 +24,7 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
+from command_process import run_command
 from conftest import CONF_DIR, compose_config
 from mura.app.cpu_share import fit_workers_to_cores
 from mura.app.quiet import ADVERT_LOGGER, quiet_known_noise
@@ -49,49 +50,41 @@ HELP = {
 }
 
 
-@pytest.fixture(scope="module")
-def helps() -> dict[str, str]:
-    """Every command's --help, through its own main() as `python -m mura.COMMAND --help` runs it (in this process:
-    seven Python start-ups would take half a minute)."""
-    texts = {}
-    for command in HELP:
-        main = importlib.import_module(f"mura.{command}").main
-        printed = io.StringIO()
-        # HYDRA_MAIN_MODULE: Hydra finds conf/ from the command's file, as under `python -m` (module __main__).
-        with (patch.object(sys, "argv", [f"mura/{command}.py", "--help"]), contextlib.redirect_stdout(printed),
-              patch.dict(os.environ, {"HYDRA_MAIN_MODULE": "__main__"}), pytest.raises(SystemExit) as exit_):
-            main()
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None  # as after a command: no Hydra run is going on
-        assert exit_.value.code in (None, 0)
-        texts[command] = printed.getvalue()
-    return texts
+def command_help(command: str) -> str:
+    """`python -m mura.COMMAND --help`, through the command's own main() (in this process: a Python start-up per
+    command would take seconds each)."""
+    main = importlib.import_module(f"mura.{command}").main
+    printed = io.StringIO()
+    # HYDRA_MAIN_MODULE: Hydra finds conf/ from the command's file, as under `python -m` (module __main__).
+    with (patch.object(sys, "argv", [f"mura/{command}.py", "--help"]), contextlib.redirect_stdout(printed),
+          patch.dict(os.environ, {"HYDRA_MAIN_MODULE": "__main__"}), pytest.raises(SystemExit) as exit_):
+        main()
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # as after a command: no Hydra run is going on
+    assert exit_.value.code in (None, 0)
+    return printed.getvalue()
 
 
-@pytest.mark.parametrize("command", sorted(HELP))
-def test_each_command_has_its_own_help(command: str, helps: dict[str, str]):
-    text = helps[command]
-    purpose, settings = HELP[command]
-    assert text.startswith(purpose)
-    assert [setting for setting in settings if setting not in text] == []
-    examples = text.split("== Examples ==")[1]
-    assert examples.count(f"python -m mura.{command}") == 2
-    assert "powered by Hydra" not in text  # Hydra's generic help, the same for every command, is gone
-    assert [other for other, other_text in helps.items() if other != command and other_text == text] == []
-
-
-def test_predict_help_names_only_predicts_settings(helps: dict[str, str]):
+def test_each_command_has_its_own_help():
+    """One test for all commands: a help costs a second (Hydra lists every config group), and spread over the test
+    workers the helps were made once per worker."""
+    helps = {command: command_help(command) for command in HELP}
+    for command, text in helps.items():
+        purpose, settings = HELP[command]
+        assert text.startswith(purpose), command
+        assert [setting for setting in settings if setting not in text] == [], command
+        examples = text.split("== Examples ==")[1]
+        assert examples.count(f"python -m mura.{command}") == 2, command
+        assert "powered by Hydra" not in text, command  # Hydra's generic help, the same for every command, is gone
+        assert [other for other, other_text in helps.items() if other != command and other_text == text] == [], command
+    # predict's help names only predict's settings
     assert [word for word in ("experiment", "trainer", "bench_preset", "hparams_search", "Configuration groups")
             if word in helps["predict"]] == []
 
 
 def run_training_command(args: list[str], cwd: Path, cores: int | None = None) -> subprocess.CompletedProcess:
     """`python -m mura.train ARGS` from `cwd`; on `cores` CPU cores when given (its affinity, as SLURM sets it)."""
-    def pin():
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
-
-    result = subprocess.run([sys.executable, "-m", "mura.train", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=300, preexec_fn=pin if cores else None)
+    result = run_command("mura.train", args, cwd, cores=cores)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from scipy.stats import t as t_distribution
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from test_compare import PREDICTION_COLUMNS, fabricated_studies, perturbed, write_run
 
+from command_process import run_command
 from conftest import compose_config
 from mura.app.errors import ConfigError
 from mura.compare import compare
@@ -180,10 +179,11 @@ def test_a_real_cross_validation_sweep_is_summarised_ensembled_and_pooled(synthe
     pooling the folds, with the same sweep given other predictions as a second seed. One sweep for all: each costs
     a Python start-up and two trainings."""
     trained = tmp_path / "cv"
-    result = subprocess.run(
-        [sys.executable, "-m", "mura.train", "-m", "experiment=demo", f"data.root={synthetic_root}", "data.num_workers=0",
-         "data.image_size=32", "trainer.max_epochs=1", "callbacks.gradcam.every_n_epochs=0", "data.cv_folds=2",
-         "data.cv_fold=0,1", f"hydra.sweep.dir={trained}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_command("mura.train", [
+        "-m", "experiment=demo", f"data.root={synthetic_root}", "data.num_workers=0", "data.image_size=32",
+        "trainer.max_epochs=1", "callbacks.gradcam.every_n_epochs=0", "callbacks.gradcam.studies_per_class=1", "data.cv_folds=2",
+        "data.cv_fold=0,1",
+        f"hydra.sweep.dir={trained}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
         assert f"data.cv_fold={job}" in (trained / job / ".hydra" / "overrides.yaml").read_text()

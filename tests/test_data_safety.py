@@ -4,14 +4,12 @@ generator replaces only trees it made itself."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from command_process import run_command
 from conftest import TINY_SYNTHETIC, compose_config
 from mura.data.datamodule import MuraDataModule
 from mura.data.index import MuraDataError
@@ -48,11 +46,6 @@ def untouched(real_layout_root: Path):
     before = tree_digest(real_layout_root)
     yield real_layout_root
     assert tree_digest(real_layout_root) == before
-
-
-def run_command(module: str, args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
 
 
 # -- the generator -------------------------------------------------------------------------------------------

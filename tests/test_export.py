@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from command_process import run_command
 from conftest import REPO, compose_config
 from mura import __version__
 from mura.app.errors import ConfigError
@@ -250,10 +250,7 @@ def test_an_unknown_format_is_refused(checkpoints, tmp_path: Path):
 @pytest.mark.slow
 def test_the_command_writes_the_file_and_its_contract(checkpoints, tmp_path: Path):
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "mura.export", f"ckpt_path={checkpoints['paper_gray']}", f"hydra.run.dir={run_dir}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    result = run_command("mura.export", [f"ckpt_path={checkpoints['paper_gray']}", f"hydra.run.dir={run_dir}"], REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [f"model: {run_dir / 'model.torchscript'}",
                                           f"contract: {run_dir / 'model.torchscript.json'}"]

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from command_process import run_command
 from conftest import REPO, compose_config, run_main_in_process, tiny_training_overrides
 from mura.data.datamodule import MuraDataModule
 from mura.data.sampling import SeededSampler
@@ -32,7 +32,8 @@ def cli_overrides(root: Path, run_dir: Path, epochs: int = 3, workers: int = 0) 
     return [
         "experiment=demo", f"data.root={root}", "data.image_size=40", "data.batch_size=16",
         f"data.num_workers={workers}", "data.val_fraction=0.3", f"trainer.max_epochs={epochs}", "trainer.deterministic=true",
-        "trainer.enable_progress_bar=false", "callbacks.gradcam.every_n_epochs=0", "cpu_threads=1", f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false", "callbacks.gradcam.every_n_epochs=0", "callbacks.gradcam.studies_per_class=1",
+        "cpu_threads=1", f"hydra.run.dir={run_dir}",
     ]
 
 
@@ -49,10 +50,10 @@ def train_in_process(overrides: list[str]) -> None:
         torch.set_num_threads(threads)
 
 
-def run_train(args: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+def run_train(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m mura.train ARGS` in a process of its own (tests/command_process.py), tests/helpers importable."""
     env = {**os.environ, "PYTHONPATH": HELPERS + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "-m", "mura.train", *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=300, **kwargs)
+    result = run_command("mura.train", args, cwd, env)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
