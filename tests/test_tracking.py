@@ -106,8 +106,9 @@ def test_a_resumed_run_continues_its_mlflow_run_and_a_later_run_keeps_its_own_st
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first, other = tmp_path / "run", tmp_path / "other"
-    tiny_run(synthetic_root, first, "logger=mlflow")
-    tiny_run(synthetic_root, first, "logger=mlflow", "trainer.max_epochs=2", "ckpt_path=last")  # resumed, same process
+    one_picture = "callbacks.gradcam.studies_per_class=1"  # which pictures go to MLflow: the test above
+    tiny_run(synthetic_root, first, "logger=mlflow", one_picture)
+    tiny_run(synthetic_root, first, "logger=mlflow", one_picture, "trainer.max_epochs=2", "ckpt_path=last")  # resumed, same process
     client = MlflowClient(f"sqlite:///{first / 'mlflow' / 'mlflow.db'}")
     [run] = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
     assert json.loads((first / "tracker_runs.json").read_text()) == {"mlflow": run.info.run_id}
@@ -118,7 +119,7 @@ def test_a_resumed_run_continues_its_mlflow_run_and_a_later_run_keeps_its_own_st
         "resumed.trainer.max_epochs": "2", "resumed.ckpt_path": "last", "resumed.model.scheduler.T_max": "2"}
     # Lightning sets MLFLOW_TRACKING_URI for the process on a run's first log; a later run of the process (a sweep's
     # next job) must not take it for the user's and log into the first run's store.
-    tiny_run(synthetic_root, other, "logger=mlflow", "test=false")  # a run of its own is all it needs to be
+    tiny_run(synthetic_root, other, "logger=mlflow", one_picture, "test=false")  # a run of its own is all it needs to be
     assert "MLFLOW_TRACKING_URI" not in os.environ
     other_client = MlflowClient(f"sqlite:///{other / 'mlflow' / 'mlflow.db'}")
     assert len(other_client.search_runs([experiment.experiment_id for experiment in other_client.search_experiments()])) == 1

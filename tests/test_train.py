@@ -155,8 +155,8 @@ def test_optuna_receives_each_trials_selected_score_and_goes_on_past_an_undefine
     code = run_main_in_process("train", [
         "hparams_search=probe", f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "experiment=demo",
         f"data.root={synthetic_root}", "data.num_workers=0", "data.image_size=40", "data.val_fraction=0.3",
-        "trainer.max_epochs=2", "callbacks.gradcam.every_n_epochs=0", "test=false", "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep_dir}"])
+        "trainer.max_epochs=2", "callbacks.gradcam.every_n_epochs=0", "callbacks.gradcam.studies_per_class=1", "test=false",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep_dir}"])
     printed = capfd.readouterr()
     assert code == 0, printed.err[-3000:]
     jobs = {json.loads((sweep_dir / job / "selection.json").read_text())["metric"]: json.loads((sweep_dir / job / "selection.json").read_text())
