@@ -158,6 +158,20 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
+def test_a_checkpoints_epoch_and_step_are_read_once_and_again_once_it_is_rewritten(tmp_path: Path, monkeypatch):
+    from mura.models.checkpoint import checkpoint_epoch, checkpoint_step
+
+    io, target, loads = AtomicCheckpointIO(), tmp_path / "best.ckpt", []
+    io.save_checkpoint({"epoch": 3, "global_step": 40, "weights": torch.ones(3)}, target)
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(args[0]) or load(*args, **kwargs))
+    assert (checkpoint_epoch(target), checkpoint_step(target), checkpoint_epoch(str(target))) == (3, 40, 3)
+    assert len(loads) == 1  # the end of a run asks three times of its best.ckpt
+    io.save_checkpoint({"epoch": 5, "global_step": 60, "weights": torch.ones(3)}, target)  # a new best, same size
+    assert (checkpoint_epoch(target), checkpoint_step(target)) == (5, 60)
+    assert len(loads) == 2
+
+
 def test_nan_loss_stops_with_step_and_batch(synthetic_root: Path, tmp_path: Path, monkeypatch):
     from mura.models.loss import StudyTypeWeightedBCE
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,28 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def checkpoint_epoch(path: str | Path) -> int:
-    """The epoch a checkpoint was saved at, read without loading its tensors (memory-mapped)."""
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    """The epoch a checkpoint was saved at."""
+    return _checkpoint_position(path)[0]
 
 
 def checkpoint_step(path: str | Path) -> int:
     """The optimizer steps taken when the checkpoint was written."""
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    return _checkpoint_position(path)[1]
+
+
+def _checkpoint_position(path: str | Path) -> tuple[int, int]:
+    """(epoch, optimizer steps) of the checkpoint, read once per version of the file (its inode, size and
+    modification time: a checkpoint written again is renamed over the old one). The end of a run asks for them three
+    times of the same best.ckpt, and each read unpickles every tensor of it, memory-mapped or not: a third of a second
+    for DenseNet-169's 2,500 with their optimizer state."""
+    stat = Path(path).stat()
+    return _read_position(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_position(path: str, inode: int, size: int, modified_ns: int) -> tuple[int, int]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(checkpoint["epoch"]), int(checkpoint["global_step"])
 
 
 def training_split(path: str | Path) -> dict | None:
