@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from command_process import run_command
 from conftest import compose_config
 from mura.app import resolvers
 from mura.bench import bench_table, measurement_plan, run_bench
@@ -95,7 +96,14 @@ def test_startup_runs_the_real_train_command_and_reports_time_to_first_step_epoc
     def counted_train(command: list[str], run_dir: Path, timeout_s: float):
         runs.append(run_dir.name)
         commands.append(command)
-        if len(runs) < 3:
+        if len(runs) == 1:
+            # The cache build: the same command, whose start-up is not measured, in a process forked with the imports
+            # done (tests/command_process.py); the measured run below starts an interpreter of its own.
+            launched = time.time()
+            built = run_command("mura.train", [*command, f"hydra.run.dir={run_dir}"], Path.cwd(), timeout=timeout_s)
+            assert built.returncode == 0, built.stderr[-3000:]
+            return launched, time.time() - launched
+        if len(runs) == 2:
             return real_train(command, run_dir, timeout_s)
         # The variant's run: its command is checked below; a third real training would prove nothing more and cost
         # a process start and a fit, so it stands in with the measured run's files, as a run writes them.

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
+from command_process import run_command
 from conftest import CONF_DIR, compose_config
 from mura.app.errors import CheckpointError, ConfigError
 from mura.app.paths import expand_paths
@@ -316,11 +315,8 @@ def test_predict_with_nothing_predictable_exits_2_naming_the_files(trained_run, 
 def test_predict_command_into_a_closed_pipe(trained_run, synthetic_root: Path, tmp_path: Path):
     run_dir, _ = trained_run
     # `| head -n 1` on a folder of studies: the first line, then a quiet end (it was a BrokenPipeError, exit 1).
-    piped = subprocess.run(
-        ["bash", "-c", f"set -o pipefail; {sys.executable} -m mura.predict ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'} "
-                       f"input={synthetic_root / 'valid'} hydra.run.dir={tmp_path / 'piped'} | head -n 1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )
+    piped = run_command("mura.predict", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"input={synthetic_root / 'valid'}",
+                                         f"hydra.run.dir={tmp_path / 'piped'}"], tmp_path, piped_into=["head", "-n", "1"])
     assert piped.returncode == 0, piped.stderr[-2000:]
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
     assert "stdout was closed after" in piped.stderr
