@@ -24,7 +24,6 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-from command_process import run_command
 from conftest import CONF_DIR, compose_config
 from mura.app.cpu_share import fit_workers_to_cores
 from mura.app.quiet import ADVERT_LOGGER, quiet_known_noise
@@ -83,8 +82,14 @@ def test_each_command_has_its_own_help():
 
 
 def run_training_command(args: list[str], cwd: Path, cores: int | None = None) -> subprocess.CompletedProcess:
-    """`python -m mura.train ARGS` from `cwd`; on `cores` CPU cores when given (its affinity, as SLURM sets it)."""
-    result = run_command("mura.train", args, cwd, cores=cores)
+    """`python -m mura.train ARGS` from `cwd`, in an interpreter of its own (not tests/command_process.py: what the
+    libraries print while they are imported is part of what a user sees); on `cores` CPU cores when given (its
+    affinity, as SLURM sets it)."""
+    def pin():
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+
+    result = subprocess.run([sys.executable, "-m", "mura.train", *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=300, preexec_fn=pin if cores else None)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
