@@ -28,6 +28,7 @@ import multiprocessing.forkserver
 import multiprocessing.process
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,16 +47,20 @@ _STARTING_ENVIRONMENT = dict(os.environ)
 
 _context: multiprocessing.context.ForkServerContext | None = None
 _interpreter_path: list[str] | None = None
+_server_log: Path | None = None
 
 
 def _forkserver() -> multiprocessing.context.ForkServerContext:
-    global _context, _interpreter_path
+    global _context, _interpreter_path, _server_log
     if _context is None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOADED)
         # The server's stdout and stderr are a log of its own, not the capture of whichever test started it: a
-        # command process that failed before its command ran would leave its traceback there.
-        log = os.open(Path(tempfile.mkdtemp(prefix="mura_forkserver_")) / "server.log", os.O_WRONLY | os.O_CREAT)
+        # command process that failed before its command ran leaves its traceback there (run_command shows it).
+        folder = tempfile.mkdtemp(prefix="mura_forkserver_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _server_log = Path(folder) / "server.log"
+        log = os.open(_server_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         saved = [os.dup(1), os.dup(2)]
         try:
             os.dup2(log, 1)
@@ -116,13 +121,15 @@ def run_command(module: str, args: list[str], cwd: Path, env: dict[str, str] | N
                 process.join()
             _kill_group(process.pid)
             process.close()
-        command = [sys.executable, "-m", module, *args]
+        command, errors = [sys.executable, "-m", module, *args], stderr.read_text(errors="replace")
+        if code != 0 and not errors:  # it failed before its stderr was its own: what it printed went to the server's
+            errors = f"(nothing on the command's stderr; the command server's log, {_server_log}:)\n" + \
+                     _server_log.read_text(errors="replace")[-5000:]
         if reader is None:
-            return subprocess.CompletedProcess(command, code, stdout.read_text(errors="replace"),
-                                               stderr.read_text(errors="replace"))
+            return subprocess.CompletedProcess(command, code, stdout.read_text(errors="replace"), errors)
         statuses = [128 - status if status < 0 else status for status in (code, reader.returncode)]
         return subprocess.CompletedProcess([*command, "|", *piped_into], statuses[1] or statuses[0], reader.stdout,
-                                           stderr.read_text(errors="replace") + reader.stderr)
+                                           errors + reader.stderr)
 
 
 def _kill_group(pgid: int) -> None:
