@@ -5,7 +5,6 @@ tiny training through the real composition."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import logging
@@ -15,16 +14,13 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from unittest.mock import patch
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
-from conftest import CONF_DIR, compose_config
+from conftest import CONF_DIR, compose_config, run_main_in_process
 from mura.app.cpu_share import fit_workers_to_cores
 from mura.app.quiet import ADVERT_LOGGER, quiet_known_noise
 from mura.app.run_start import announce_run
@@ -52,15 +48,9 @@ HELP = {
 def command_help(command: str) -> str:
     """`python -m mura.COMMAND --help`, through the command's own main() (in this process: a Python start-up per
     command would take seconds each)."""
-    main = importlib.import_module(f"mura.{command}").main
     printed = io.StringIO()
-    # HYDRA_MAIN_MODULE: Hydra finds conf/ from the command's file, as under `python -m` (module __main__).
-    with (patch.object(sys, "argv", [f"mura/{command}.py", "--help"]), contextlib.redirect_stdout(printed),
-          patch.dict(os.environ, {"HYDRA_MAIN_MODULE": "__main__"}), pytest.raises(SystemExit) as exit_):
-        main()
-    GlobalHydra.instance().clear()
-    HydraConfig.instance().cfg = None  # as after a command: no Hydra run is going on
-    assert exit_.value.code in (None, 0)
+    with contextlib.redirect_stdout(printed):
+        assert run_main_in_process(command, ["--help"]) in (None, 0)
     return printed.getvalue()
 
 
